@@ -1,0 +1,59 @@
+"""The `reference` pass: greedy tokens and per-step logits of the original PyTorch model, for validation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.pass_api import cfg_field, register_pass
+
+
+@dataclass(frozen=True)
+class ReferenceParams:
+    prompt: str = cfg_field("validate.prompt", "The capital of France is")
+    max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
+
+
+@register_pass("reference", params=ReferenceParams, deps=("torch", "transformers"), materialize=True)
+def reference(inputs: Mapping[str, Any], params: ReferenceParams, out: Path) -> dict:
+    """Writes reference.json (prompt, prompt_ids, tokens, text, max_new_tokens) and logits.npy.
+
+    logits.npy is float32 [max_new_tokens, vocab]; row i holds the logits new token i was
+    the argmax of. Generation never stops early (EOS included), so every row exists.
+    """
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    checkpoint = Path(inputs["checkpoint"])
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+    prompt_ids = tokenizer(params.prompt)["input_ids"]
+    tokens: list[int] = []
+    rows = []
+    cache = DynamicCache(config=model.config)
+    step_ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        for _ in range(params.max_new_tokens):
+            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[0, -1]
+            token = int(torch.argmax(logits))
+            rows.append(logits.float().numpy().copy())
+            tokens.append(token)
+            step_ids = torch.tensor([[token]])
+
+    text = _new_text(tokenizer, prompt_ids, tokens)
+    record = {"prompt": params.prompt, "prompt_ids": list(prompt_ids), "tokens": tokens,
+              "text": text, "max_new_tokens": params.max_new_tokens}
+    (out / "reference.json").write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+    np.save(out / "logits.npy", np.stack(rows).astype(np.float32))
+    return {"tokens": len(tokens), "text": text}
+
+
+def _new_text(tokenizer: Any, prompt_ids: list[int], tokens: list[int]) -> str:
+    # Decoding the new tokens alone can lose a leading space (SentencePiece); decode the whole
+    # sequence and cut the prompt off when that is exact.
+    prefix = tokenizer.decode(prompt_ids)
+    full = tokenizer.decode(list(prompt_ids) + tokens)
+    return full[len(prefix):] if full.startswith(prefix) else tokenizer.decode(tokens)

@@ -1,0 +1,44 @@
+"""Pass `rewrite`: apply named ONNX graph rewrites (rewrite.rules, in order) to an exported model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.pass_api import UserError, cfg_field, hook, register_pass
+
+@dataclass(frozen=True)
+class RewriteParams:
+    rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
+
+
+@register_pass("rewrite", params=RewriteParams, deps=("onnx", "onnxscript", "onnx_ir"), materialize=True,
+               code=("passes.onnx_files",))
+def rewrite(inputs: Mapping[str, Any], params: RewriteParams, out: Path) -> dict[str, Any]:
+    from passes import onnx_files
+    from passes.rewrites.rules import RULES
+
+    src = Path(inputs["onnx"])
+    model = onnx_files.load_ir(src)
+    counts = [_count(model)]
+    for name in params.rules:
+        model = RULES[name].apply(model)
+        counts.append(_count(model))
+    onnx_files.save_ir(model, out)
+    io = onnx_files.read_json(src / onnx_files.IO)
+    io.update({k: v for k, v in onnx_files.io_spec(model, io["dims"], {}).items() if k in ("inputs", "outputs")})
+    onnx_files.write_json(out / onnx_files.IO, io)
+    return {"rules": list(params.rules), "nodes": counts}
+
+
+@hook("rewrite", "check")
+def check(params: RewriteParams) -> None:
+    from passes.rewrites.rules import RULES  # cheap: the rules import their libraries when applied
+
+    for name in params.rules:
+        if name not in RULES:
+            raise UserError(f"rewrite.rules: {name!r} is not a rewrite; allowed: {', '.join(RULES)}")
+
+
+def _count(model: Any) -> int:
+    return sum(1 for _ in model.graph.all_nodes())

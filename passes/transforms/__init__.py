@@ -1,0 +1,1 @@
+"""PyTorch transforms: in-memory rewrites of a loaded model before export."""

@@ -1,0 +1,123 @@
+"""Pass `static_kv`: wrap an HF causal LM so its KV cache is explicit, fixed-size graph inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.pass_api import register_pass
+
+
+@dataclass(frozen=True)
+class StaticKvParams:
+    pass
+
+
+@register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False)
+def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
+    )
+    return build_wrapper(model)
+
+
+def build_wrapper(model: Any) -> Any:
+    """The static-KV module over an already loaded HF causal LM (eval mode, fp32)."""
+    import torch
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class ScatterLayer(CacheLayerMixin):
+        """One layer's cache: the given past tensors, updated by scatter at the positions."""
+
+        is_compileable = True
+        is_sliding = False
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor):
+            super().__init__()
+            self.keys, self.values, self.is_initialized = keys, values, True
+            self.index, self.valid = index, valid
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            pass
+
+        def _write(self, past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            b, h, s, d = new.shape
+            index = self.index[:, None, :, None].expand(b, h, s, d)
+            # Padding tokens write the slot's current value back, so they change nothing.
+            new = torch.where(self.valid[:, None, :, None], new, past.gather(2, index))
+            return past.scatter(2, index, new)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self.keys = self._write(self.keys, key_states)
+            self.values = self._write(self.values, value_states)
+            return self.keys, self.values
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.keys.shape[-2], 0
+
+        def get_seq_length(self) -> int:
+            return 0
+
+        def get_max_length(self) -> int:
+            return self.keys.shape[-2]
+
+    class StaticKvCausalLM(torch.nn.Module):
+        """forward(input_ids, position_ids, *past) -> (last valid logits, *updated past)."""
+
+        def __init__(self, model: Any):
+            super().__init__()
+            cfg = model.config.get_text_config()
+            self.model = model
+            self.decoder = model.get_decoder()
+            self.lm_head = model.get_output_embeddings()
+            self.num_layers = cfg.num_hidden_layers
+            self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            self.vocab_size = cfg.vocab_size
+            layer_types = getattr(cfg, "layer_types", None) or ()
+            self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
+
+        def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
+            ctx_len = past[0].shape[2]
+            valid = position_ids >= 0
+            # Padding scatters to the last slot (old value written back); a valid write there
+            # in a padded chunk would race with it, so the runtime keeps prompt + new <= ctx_len.
+            index = torch.where(valid, position_ids, ctx_len - 1)
+            cache = Cache(layers=[
+                ScatterLayer(past[2 * i], past[2 * i + 1], index, valid) for i in range(self.num_layers)
+            ])
+            out = self.decoder(
+                input_ids=input_ids,
+                attention_mask=self._mask(position_ids, ctx_len),
+                position_ids=torch.where(valid, position_ids, 0),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            last = position_ids.argmax(dim=1)  # positions increase, so the max is the last valid one
+            hidden = out.last_hidden_state
+            gather_index = last[:, None, None].expand(-1, 1, hidden.shape[-1])
+            logits = self.lm_head(hidden.gather(1, gather_index))
+            updated = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+            return (logits, *updated)
+
+        def _mask(self, position_ids: torch.Tensor, ctx_len: Any) -> Any:
+            """Additive 4D masks [b, 1, s, ctx]: slot k is visible to position p iff k <= p."""
+            slots = torch.arange(ctx_len, device=position_ids.device)[None, None, None, :]
+            pos = position_ids[:, None, :, None]
+            visible = slots <= pos
+            # Finite, not -inf: a padding row (p = -1) sees nothing and must not give NaN.
+            neg = torch.finfo(torch.float32).min
+            full = torch.where(visible, 0.0, neg)
+            if self.sliding_window is None:
+                return full
+            window = visible & (pos - slots < self.sliding_window)
+            return {"full_attention": full, "sliding_attention": torch.where(window, 0.0, neg)}
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.to(torch.float32)
+    model.eval()
+    model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
+    return StaticKvCausalLM(model).eval()

@@ -1,0 +1,1 @@
+"""The engine: config, graph, keys, store, executor and the command-line entry points."""

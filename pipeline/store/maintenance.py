@@ -1,0 +1,143 @@
+"""Store upkeep: list records, verify every stored byte, collect garbage by age and size."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.store import Store, remove_tree
+from pipeline.store.digests import hash_file, tree_digest
+
+
+def tree_bytes(rec: dict[str, Any]) -> int:
+    return sum(size for _d, size, _m in rec.get("files", {}).values())
+
+
+def verify(store: Store) -> list[str]:
+    """Re-hash every file of every record's tree; one problem per line (empty: all good)."""
+    problems = []
+    for rec in store.records():
+        if not rec.get("materialized"):
+            continue
+        tree = store.tree_path(rec["digest"])
+        label = f"{rec['stage']} {rec['key'][:12]} (tree {rec['digest'][:12]})"
+        seen = {}
+        for rel, (digest, _size, _mtime) in rec["files"].items():
+            path = tree / rel
+            if not path.is_file():
+                problems.append(f"{label}: {rel} is missing")
+                continue
+            seen[rel] = hash_file(path)
+            if seen[rel] != digest:
+                problems.append(f"{label}: {rel} does not match its digest")
+        if len(seen) == len(rec["files"]) and tree_digest(seen) != rec["digest"]:
+            problems.append(f"{label}: tree digest differs")
+    return problems
+
+
+@dataclass
+class GcReport:
+    records: list[str] = field(default_factory=list)
+    trees: int = 0
+    blobs: int = 0
+    freed: int = 0
+    tmp: int = 0
+
+
+def gc(store: Store, max_age_s: float | None, max_bytes: int | None, keep_recent_s: float, dry_run: bool = False) -> GcReport:
+    """Drop records unused for ``max_age_s``, then the least recently used until the trees
+    they point to fit in ``max_bytes``; a record used within ``keep_recent_s`` is never
+    dropped. Then remove trees no record points to, blobs no tree links, stale tmp/."""
+    now = time.time()
+    recs = sorted(store.records(), key=lambda r: r["_used"])
+    keep = {r["key"]: r for r in recs}
+    for r in recs:
+        if now - r["_used"] < keep_recent_s:
+            continue
+        if max_age_s is not None and now - r["_used"] > max_age_s:
+            keep.pop(r["key"])
+    if max_bytes is not None:
+        def total() -> int:
+            return sum(tree_bytes(r) for r in {r["digest"]: r for r in keep.values()}.values())
+        for r in recs:
+            if total() <= max_bytes:
+                break
+            if r["key"] in keep and now - r["_used"] >= keep_recent_s:
+                keep.pop(r["key"])
+    report = GcReport()
+    for r in recs:
+        if r["key"] not in keep:
+            report.records.append(f"{r['stage']} {r['key'][:12]}")
+            if not dry_run:
+                store.record_path(r["key"]).unlink(missing_ok=True)
+    live_trees = {r["digest"] for r in keep.values() if r.get("materialized")}
+    def settled(p: Path) -> bool:  # a builder may be between linking and writing its record
+        st = p.stat()
+        return time.time() - max(st.st_mtime, st.st_ctime) >= keep_recent_s
+
+    for tree in sorted((store.root / "trees").glob("*")):
+        if tree.name not in live_trees and settled(tree):
+            report.trees += 1
+            if not dry_run:
+                remove_tree(tree)
+    for blob in sorted((store.root / "cas").glob("*/*")):
+        st = blob.stat()
+        if st.st_nlink == 1 and settled(blob):  # no tree links it
+            report.blobs += 1
+            report.freed += st.st_size
+            if not dry_run:
+                blob.unlink()
+    for tmp in sorted((store.root / "tmp").glob("*")):
+        if now - tmp.stat().st_mtime > max(keep_recent_s, 3600) and _owner_dead(tmp.name):
+            report.tmp += 1
+            if not dry_run:
+                remove_tree(tmp) if tmp.is_dir() else tmp.unlink()
+    return report
+
+
+def _owner_dead(name: str) -> bool:
+    """tmp entries carry their builder's pid: a live builder's tmp is never removed."""
+    for part in name.replace(".", "-").split("-"):
+        if part.isdigit():
+            try:
+                os.kill(int(part), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return False
+    return True
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    for r in sorted(store.records(), key=lambda r: r.get("created", "")):
+        rows.append({
+            "created": r.get("created", "?"), "model": r.get("model", "?"), "stage": r["stage"],
+            "pass": r.get("pass", "?"), "key": r["key"][:12], "digest": r["digest"][:12],
+            "size": tree_bytes(r), "seconds": r.get("seconds", 0.0), "path": str(store.tree_path(r["digest"])) if r.get("materialized") else "(in memory)",
+        })
+    return rows
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    return int(float(num) * units[unit])
+
+
+def parse_age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    t = text.strip().lower()
+    return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)

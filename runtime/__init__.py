@@ -1,0 +1,1 @@
+"""Runs a built package: sessions, generation and metrics (no build code needed)."""

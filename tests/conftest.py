@@ -1,0 +1,85 @@
+"""Shared helpers: run ``python -m pipeline`` in a real subprocess against a scratch store."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_runs = itertools.count()
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+    run_dir: Path
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def status(self) -> dict[str, str]:
+        return {s["name"]: s["status"] for s in self.summary["stages"]}
+
+    def stage(self, name: str) -> dict:
+        return next(s for s in self.summary["stages"] if s["name"] == name)
+
+
+def run_pipeline(store: Path, *overrides: str, env: dict | None = None, model: str = "tiny_llama",
+                 timeout: float = 600) -> Run:
+    run_dir = store.parent / f"run-{os.getpid()}-{next(_runs)}"
+    args = [sys.executable, "-m", "pipeline", f"model={model}", f"store.root={store}",
+            f"hydra.run.dir={run_dir}", *overrides]
+    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    return Run(p.returncode, p.stdout, p.stderr, run_dir)
+
+
+def store_snapshot(store: Path) -> set[str]:
+    """Every path in the store except run directories (a bad run may add only its own)."""
+    if not store.exists():
+        return set()
+    return {str(p.relative_to(store)) for p in store.rglob("*") if "runs" not in p.relative_to(store).parts}
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A private copy of a built store (hard links inside it preserved by cp -a)."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def built_store(tmp_path_factory) -> Path:
+    """A store holding one complete tiny_llama build (built once per test session)."""
+    store = tmp_path_factory.mktemp("built") / "store"
+    r = run_pipeline(store)
+    assert r.rc == 0, r.out + r.err
+    return store
+
+
+@pytest.fixture
+def store(tmp_path, built_store) -> Path:
+    """A private copy of the built store."""
+    return copy_store(built_store, tmp_path / "store")
+
+
+@pytest.fixture
+def empty_store(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+def chmod_tree_writable(path: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(path):
+        os.chmod(dirpath, 0o755)
+
+
+__all__ = ["Run", "run_pipeline", "store_snapshot", "copy_store", "chmod_tree_writable", "shutil"]

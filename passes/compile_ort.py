@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import cfg_field, register_pass
+from pipeline.pass_api import Needs, cfg_field, register_pass
 
 SPECIALIZATIONS = "specializations.json"
 SESSION = "session.json"
@@ -26,7 +26,7 @@ def specializations(params: CompileOrtParams) -> list[dict[str, int]]:
 
 
 @register_pass("compile_ort", params=CompileOrtParams, deps=("onnx", "onnxruntime"), materialize=True,
-               code=("passes.onnx_files", "passes.files"))
+               code=("passes.onnx_files", "passes.files"), needs=Needs(modules=("onnx", "onnxruntime")))
 def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) -> dict[str, Any]:
     import onnx
 

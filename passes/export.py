@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
 # Tracing shapes: fixed, so the graph depends only on the model and the params. Distinct
 # odd sizes keep the tracer from confusing one axis with another; batch > 1 keeps dynamo
@@ -50,7 +50,8 @@ def example_inputs(model: Any) -> tuple[Any, ...]:
 
 
 @register_pass("export", params=ExportParams, deps=("torch", "onnx", "onnxscript", "onnx_ir"),
-               materialize=True, code=("passes.onnx_files",))
+               materialize=True, code=("passes.onnx_files",),
+               needs=Needs(modules=("torch", "onnx", "onnxscript"), weight_copies=1))
 def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[str, Any]:
     import onnx
     import onnx_ir as ir
@@ -101,7 +102,8 @@ def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], nam
               "past": tuple(kv for _ in args[2:])}
     try:
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes, input_names=names_in,
-                                    output_names=names_out, opset_version=opset, optimize=True)
+                                    output_names=names_out, opset_version=opset, optimize=False,
+                                    verbose=False)
     except Exception as e:  # the dynamo exporter's errors are long; keep the head
         raise RuntimeError(f"export.dynamo=true failed: {type(e).__name__}: {str(e)[:2000]}") from e
     program.save(str(path), external_data=True)

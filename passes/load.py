@@ -125,8 +125,8 @@ def _hub_snapshot(params: LoadParams) -> Path:
                                       allow_patterns=list(HUB_FILES)))
     except Exception as e:
         raise UserError(
-            f"model.hf_id: {params.hf_id!r} (revision {commit}) could not be fetched ({type(e).__name__}); "
-            f"use model.source=local model.path=<HF folder>"
+            f"model.hf_id: {params.hf_id!r} (revision {commit}) could not be fetched ({type(e).__name__}); allowed: "
+            f"a complete snapshot in the local HF cache, or model.source=local model.path=<HF folder>"
         ) from None
 
 
@@ -138,29 +138,29 @@ def check(params: LoadParams) -> None:
     if src == "local":
         folder = Path(params.path or "")
         if not params.path or not folder.is_dir():
-            raise UserError(f"model.path: {params.path!r} is not a folder; source=local needs a Hugging Face model folder")
+            raise UserError(f"model.path: {params.path!r} is not a folder; allowed: a Hugging Face model folder with config.json")
         if not (folder / "config.json").is_file():
-            raise UserError(f"model.path: {params.path!r} has no config.json; source=local needs a Hugging Face model folder")
+            raise UserError(f"model.path: {params.path!r} has no config.json; allowed: a Hugging Face model folder with config.json")
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise UserError(f"model.path: {params.path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
-                            f"source=local needs the tokenizer in the model folder")
+                            f"allowed: a model folder that holds its tokenizer")
     if src == "gguf":
         if not params.path or not Path(params.path).is_file():
-            raise UserError(f"model.path: {params.path!r} does not exist; a GGUF file is needed for source=gguf")
+            raise UserError(f"model.path: {params.path!r} does not exist; allowed: a GGUF file (source=gguf)")
         if not is_gguf(params.path):
-            raise UserError(f"model.path: {params.path!r} is not a GGUF file (no GGUF magic); a GGUF file is needed for source=gguf")
+            raise UserError(f"model.path: {params.path!r} is not a GGUF file (no GGUF magic); allowed: a GGUF file (source=gguf)")
     if src == "hub" and (not params.hf_id or params.hf_id.count("/") > 1):
-        raise UserError(f"model.hf_id: {params.hf_id!r} is not allowed; source=hub needs a hub id like org/name")
+        raise UserError(f"model.hf_id: {params.hf_id!r} is not allowed; allowed: a hub id like org/name")
     if src == "random":
         model_type = (params.hf_config or {}).get("model_type")
         if not model_type:
-            raise UserError(f"model.hf_config.model_type: {model_type!r} is not allowed; source=random needs an inline HF config naming model_type")
+            raise UserError(f"model.hf_config.model_type: {model_type!r} is not allowed; allowed: an inline HF config naming model_type")
         known = causal_lm_model_types()
         if known is not None and model_type not in known:
             raise UserError(f"model.hf_config.model_type: {model_type!r} is not allowed; "
                             f"allowed: a causal-LM model type of the installed transformers (e.g. llama, qwen2, gpt2)")
         if not params.tokenizer:
-            raise UserError("model.tokenizer: None is not allowed; source=random needs a tokenizer folder or GGUF file")
+            raise UserError("model.tokenizer: None is not allowed; allowed: a tokenizer folder or GGUF file (source=random)")
     if src in ("local", "hub") and params.tokenizer:
         raise UserError(f"model.tokenizer: {params.tokenizer!r} is not allowed for source={src}; "
                         f"allowed: null (the tokenizer in the model folder)")
@@ -213,7 +213,7 @@ def resolve(params: LoadParams) -> LoadParams:
 def _ask_hub(hf_id: str, revision: str) -> str:
     unreachable = UserError(
         f"model.hf_id: {hf_id!r} (revision {revision}) is not in the local HF cache ({hf_cache_dir()}) "
-        f"and the hub is unreachable; use model.source=local model.path=<HF folder>"
+        f"and the hub is unreachable; allowed: a cached or reachable hub model, or model.source=local model.path=<HF folder>"
     )
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise unreachable
@@ -233,8 +233,8 @@ def _ask_hub(hf_id: str, revision: str) -> str:
     worker.join(HUB_TIMEOUT_S + 1)
     error = answer.get("error")
     if error is not None and type(error).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
-        raise UserError(f"model.hf_id: {hf_id!r} (revision {revision}) is not allowed; the hub says: "
-                        f"{type(error).__name__}") from None
+        raise UserError(f"model.hf_id: {hf_id!r} (revision {revision}) is not allowed; the hub says {type(error).__name__}; "
+                        "allowed: an existing model and revision you can access") from None
     if not answer.get("sha"):
         raise unreachable
     return answer["sha"]

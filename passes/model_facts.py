@@ -38,7 +38,7 @@ def model_facts(
     """Facts for a model config node (``model.source``, ``model.path``, ...)."""
     if source == "random":
         if not hf_config:
-            raise UserError(f"model.hf_config: {hf_config!r} is not allowed; source=random needs an inline HF config")
+            raise UserError(f"model.hf_config: {hf_config!r} is not allowed; allowed: an inline HF config (source=random)")
         return facts_from_hf_config(hf_config)
     if source == "local":
         return facts_from_hf_config(_read_config_json(path))
@@ -107,14 +107,14 @@ def _estimate_params(layers, hidden, heads, kv_heads, head_dim, vocab, inter, ti
 
 def _read_config_json(folder: str | os.PathLike | None) -> dict:
     if not folder or not Path(folder).is_dir():
-        raise UserError(f"model.path: {str(folder)!r} is not a folder; source=local needs a Hugging Face model folder")
+        raise UserError(f"model.path: {str(folder)!r} is not a folder; allowed: a Hugging Face model folder with config.json")
     config = Path(folder) / "config.json"
     try:
         return json.loads(config.read_text())
     except FileNotFoundError:
-        raise UserError(f"model.path: {str(folder)!r} has no config.json; source=local needs a Hugging Face model folder") from None
+        raise UserError(f"model.path: {str(folder)!r} has no config.json; allowed: a Hugging Face model folder with config.json") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"model.path: {str(config)!r} is not readable JSON ({e}); a Hugging Face config.json is needed") from None
+        raise UserError(f"model.path: {str(config)!r} is not readable JSON ({e}); allowed: a Hugging Face config.json") from None
 
 
 # ---- GGUF ---------------------------------------------------------------------------------
@@ -199,11 +199,11 @@ def read_gguf_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
 
 def facts_from_gguf(path: str | os.PathLike | None) -> ModelFacts:
     if not path or not Path(path).is_file():
-        raise UserError(f"model.path: {str(path)!r} does not exist; a GGUF file is needed for source=gguf")
+        raise UserError(f"model.path: {str(path)!r} does not exist; allowed: a GGUF file (source=gguf)")
     try:
         meta, elements = read_gguf_header(path)
     except (OSError, ValueError, struct.error) as e:
-        raise UserError(f"model.path: {str(path)!r} is not a readable GGUF file ({e}); a GGUF file is needed for source=gguf") from None
+        raise UserError(f"model.path: {str(path)!r} is not a readable GGUF file ({e}); allowed: a GGUF file (source=gguf)") from None
     arch = meta.get("general.architecture")
 
     def get(key: str) -> Any:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.pass_api import cfg_field, register_pass
+from pipeline.pass_api import Needs, cfg_field, register_pass
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -48,7 +48,7 @@ def resolved_config(params: PackageParams) -> dict[str, Any]:
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
-               materialize=True, code=("passes.files",))
+               materialize=True, code=("passes.files",), needs=Needs(modules=("onnxruntime", "transformers")))
 def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict[str, Any]:
     import json
     from importlib import metadata

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import cfg_field, register_pass
+from pipeline.pass_api import Needs, cfg_field, register_pass
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,8 @@ class ReferenceParams:
     max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
 
 
-@register_pass("reference", params=ReferenceParams, deps=("torch", "transformers"), materialize=True)
+@register_pass("reference", params=ReferenceParams, deps=("torch", "transformers"), materialize=True,
+               needs=Needs(modules=("torch", "transformers")))
 def reference(inputs: Mapping[str, Any], params: ReferenceParams, out: Path) -> dict:
     """Writes reference.json (prompt, prompt_ids, tokens, text, max_new_tokens) and logits.npy.
 

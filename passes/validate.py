@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import StageFailure, cfg_field, register_pass
+from pipeline.pass_api import Needs, StageFailure, cfg_field, register_pass
 
 VALIDATION = "validation.json"
 
@@ -18,7 +18,7 @@ class ValidateParams:
 
 # transformers: the runtime tokenizes with it, so its version can change the ids.
 @register_pass("validate", params=ValidateParams, deps=("onnxruntime", "transformers"), materialize=True,
-               code=("runtime",))
+               code=("runtime",), needs=Needs(modules=("onnxruntime", "transformers")))
 def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> dict[str, Any]:
     import json
 

@@ -83,8 +83,9 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str,
         a, b = old_ing.get("deps", {}).get(name), new["deps"].get(name)
         if a != b:
             changes.append(f"{name}: {a} -> {b}")
-    for name in sorted(set(old_ing.get("params", {})) | set(new["params"])):
-        a, b = old_ing.get("params", {}).get(name, "<unset>"), new["params"].get(name, "<unset>")
+    old_p, new_p = _flatten(old_ing.get("params", {})), _flatten(new["params"])
+    for name in sorted(set(old_p) | set(new_p)):
+        a, b = old_p.get(name, "<unset>"), new_p.get(name, "<unset>")
         if a != b:
             changes.append(f"{name}: {_short(a)} -> {_short(b)}")
     for name in sorted(set(old_ing.get("inputs", {})) | set(new["inputs"])):
@@ -93,6 +94,17 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str,
             src = f" ({upstream[name]})" if upstream and name in upstream else ""
             changes.append(f"input {name}{src} changed")
     return "; ".join(changes) or "ingredients equal but key differs"
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model.hf_config": {"hidden_size": 64}} -> {"model.hf_config.hidden_size": 64}."""
+    flat = {}
+    for k, v in params.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
 
 
 def _short(v: Any) -> str:

@@ -46,10 +46,15 @@ def cfg_field(path: str, default: Any = dataclasses.MISSING, *, kind: str = "val
 
 @dataclass(frozen=True)
 class Needs:
-    """What a stage needs before it starts: free disk in the store, importable modules."""
+    """What a stage needs before it starts: free disk in the store, importable modules.
+
+    ``weight_copies``: how many fp32 copies of the model's weights the stage may write; the
+    engine turns it into bytes from the model's parameter count.
+    """
 
     disk_bytes: int = 0
     modules: tuple[str, ...] = ()
+    weight_copies: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class PassSpec:
     # Optional hooks, all cheap (no heavy imports):
     check: Callable[[Any], None] | None = None          # raise UserError on bad params
     resolve: Callable[[Any], Any] | None = None         # params -> params (e.g. hub rev -> commit)
-    needs: Callable[[Any], Needs] | None = None         # preconditions of running
+    needs: Needs | Callable[[Any], Needs] | None = None  # preconditions of running
 
     def materialized(self, params: Any) -> bool:
         m = self.materialize
@@ -92,6 +97,7 @@ def register_pass(
     deps: tuple[str, ...] = (),
     materialize: bool | Callable[[Any], bool] = True,
     code: tuple[str, ...] = (),
+    needs: Needs | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(inputs: Mapping[str, Any], params, out: Path | None) -> Any``.
 
@@ -102,12 +108,13 @@ def register_pass(
     - in-memory pass: ``out`` is None; the return value is the output.
     - ``deps``: distributions whose versions enter the key.
     - ``code``: extra modules (or packages) whose source enters the code fingerprint.
+    - ``needs``: what running it takes (a ``needs`` hook may compute it from the params).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY and REGISTRY[name].fn.__module__ != fn.__module__:
             raise RuntimeError(f"pass {name!r} registered twice")
-        spec = PassSpec(name, fn, params, tuple(deps), materialize, fn.__module__, tuple(code))
+        spec = PassSpec(name, fn, params, tuple(deps), materialize, fn.__module__, tuple(code), needs=needs)
         REGISTRY[name] = spec
         fn.pass_spec = spec  # type: ignore[attr-defined]
         return fn

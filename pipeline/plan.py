@@ -2,7 +2,6 @@
 anything runs or is written to the store."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import shutil
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ class BuildPlan:
     model: str
     store_root: Path
     graph: Any
+    approx_params: int = 0
 
 
 def load_passes() -> None:
@@ -67,6 +67,7 @@ def prepare(cfg: Any) -> BuildPlan:
     return BuildPlan(
         stages=stages, by_name={s.name: s for s in stages}, consumers=consumers, params=params,
         force=force, model=m.name, store_root=Path(cfg.store.root).absolute(), graph=g,
+        approx_params=facts.approx_params or 0,
     )
 
 
@@ -76,11 +77,13 @@ def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:
     for stage in stages:
         if stage.spec.needs is None:
             continue
-        needs = stage.spec.needs(plan.params[stage.name])
+        needs = stage.spec.needs
+        if callable(needs):
+            needs = needs(plan.params[stage.name])
         for mod in needs.modules:
             if importlib.util.find_spec(mod) is None:
                 raise UserError(f"{stage.name}: module {mod!r} is not installed; it is needed to run pass {stage.spec.name} (run `make setup`)")
-        need_disk += needs.disk_bytes
+        need_disk += needs.disk_bytes + int(needs.weight_copies * plan.approx_params * 4)
     probe = plan.store_root
     while not probe.exists():
         probe = probe.parent
@@ -90,7 +93,3 @@ def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:
             f"store.root: {str(plan.store_root)!r} has {free / 2**30:.1f} GiB free; "
             f"the stages to run need about {need_disk / 2**30:.1f} GiB (free space or move store.root)"
         )
-
-
-def params_dict(params: Any) -> dict[str, Any]:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}

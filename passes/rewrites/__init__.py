@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+
 
 @dataclass(frozen=True)
 class RewriteParams:
@@ -13,7 +14,7 @@ class RewriteParams:
 
 
 @register_pass("rewrite", params=RewriteParams, deps=("onnx", "onnxscript", "onnx_ir"), materialize=True,
-               code=("passes.onnx_files",))
+               code=("passes.onnx_files",), needs=Needs(modules=("onnx", "onnxscript", "onnx_ir"), weight_copies=1))
 def rewrite(inputs: Mapping[str, Any], params: RewriteParams, out: Path) -> dict[str, Any]:
     from passes import onnx_files
     from passes.rewrites.rules import RULES

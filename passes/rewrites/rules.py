@@ -46,3 +46,10 @@ def basic(model: Any) -> Any:
     from onnxscript import rewriter
 
     return rewriter.rewrite(model, [r for r in rewriter._DEFAULT_REWRITE_RULES if r.name not in QUADRATIC_RULES])
+
+
+@rewrite("rms_norm", "RMSNorm subgraphs -> CustomRMSNorm (AI 100 custom op), carried as a model-local function")
+def rms_norm(model: Any) -> Any:
+    from passes.rewrites import rms_norm as rule
+
+    return rule.apply(model)

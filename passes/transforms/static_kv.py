@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import register_pass
+from pipeline.pass_api import Needs, register_pass
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,8 @@ class StaticKvParams:
     pass
 
 
-@register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False)
+@register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False,
+               needs=Needs(modules=("torch", "transformers")))
 def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM

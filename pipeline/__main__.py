@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -42,6 +43,7 @@ def main(cfg: DictConfig) -> None:
             _fail(run_dir, 2, str(exc))
         return
     summary: dict = {"stages": [], "validation": None, "package": None}
+    started = time.perf_counter()
     try:
         result = build(cfg, echo=lambda line: print(line, flush=True), run_dir=run_dir)
     except UserError as exc:
@@ -56,7 +58,9 @@ def main(cfg: DictConfig) -> None:
               f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e})")
     if result.package:
         print(f"package: {result.package}")
-    print(f"summary: {run_dir / 'summary.json'}")
+    counts = {s: sum(1 for x in result.stages if x.status == s) for s in ("ran", "cached", "failed")}
+    print(f"summary: {run_dir / 'summary.json'} ({counts['ran']} ran, {counts['cached']} cached, "
+          f"{counts['failed']} failed; {time.perf_counter() - started:.1f} s)")
     _exit_codes.append(0 if result.ok else 1)
 
 

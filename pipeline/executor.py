@@ -7,6 +7,7 @@ record last. Equal output bytes give an equal digest, so downstream keys stay eq
 """
 from __future__ import annotations
 
+import gc
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,7 @@ class Executor:
                     self._visit_materialized(stage)
                 else:
                     self._visit_in_memory(stage)
+                self._release_inputs(stage)
             for stage in self.plan.stages:  # in-memory outputs nobody needed
                 r = self.results[stage.name]
                 if r.status == "pending" and stage.name in self.digests:
@@ -162,6 +164,13 @@ class Executor:
         r.seconds = 0.0
         self.digests[stage.name] = rec["digest"]
         self.echo(f"{stage.name}: cached")
+
+    def _release_inputs(self, stage: Stage) -> None:
+        """Drop in-memory values (a loaded model) once every consumer has been visited."""
+        for up in stage.inputs.values():
+            if up in self.values and all(self.results[c].status != "pending" for c in self.plan.consumers[up]):
+                del self.values[up]
+                gc.collect()
 
     def _value(self, stage: Stage) -> Any:
         """The stage's output value: its tree, or its in-memory value (run on demand)."""

@@ -111,3 +111,15 @@ def test_sweep_over_cores_exports_once(store, tmp_path):
         assert st["export"] == "cached" and st["compile"] == "ran", st
         assert s["validation"]["passed"]
     assert summaries[0]["package"] != summaries[1]["package"]
+
+
+def test_a_failing_stage_exits_1_and_the_summary_says_which(store):
+    # 5 prompt tokens + 12 new ones do not fit a 16-slot cache: validate fails, nothing is cached for it.
+    r = run_pipeline(store, "compile.ctx_len=16", "compile.prefill_seq_len=8", "validate.max_new_tokens=12")
+    assert r.rc == 1, r.out + r.err
+    st = r.status()
+    assert st["validate"] == "failed" and st["compile"] == "ran"
+    assert "context length 16" in r.stage("validate")["error"]
+    assert (r.run_dir / "validate.error.txt").is_file()
+    again = run_pipeline(store, "compile.ctx_len=16", "compile.prefill_seq_len=8", "validate.max_new_tokens=12")
+    assert again.rc == 1 and again.status()["validate"] == "failed" and again.status()["compile"] == "cached"

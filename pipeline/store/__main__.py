@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in [] if args.json else rows:
             print(f"{r['created']}  {r['model']:<14} {r['stage']:<10} {r['key']}  {human(r['size']):>10}"
                   f"  {r['seconds']:8.2f} s  {r['path']}")
+        if not args.json:
+            stored = sum(p.stat().st_size for p in (store.root / "cas").glob("*/*"))
+            print(f"{len(rows)} records; their trees hold {human(sum(r['size'] for r in rows))}, "
+                  f"stored once in cas/ as {human(stored)}")
         return 0
     if args.cmd == "verify":
         problems = verify(store)

@@ -87,7 +87,7 @@ def test_each_run_has_its_own_summary(store, tmp_path):
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
-    paths = [line.split("summary: ", 1)[1].strip() for out in outs for line in out.splitlines() if line.startswith("summary: ")]
+    paths = [line.split("summary: ", 1)[1].split(" (")[0] for out in outs for line in out.splitlines() if line.startswith("summary: ")]
     assert len(set(paths)) == 2 and all(os.path.isfile(p) and p.startswith(str(store)) for p in paths), outs
 
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, cfg_field, register_pass
+from passes import specializations as spz
+from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
 SPECIALIZATIONS = "specializations.json"
 SESSION = "session.json"
@@ -17,16 +18,19 @@ class CompileOrtParams:
     batch_size: int = cfg_field("compile.batch_size", 1)
     prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
     ctx_len: int = cfg_field("compile.ctx_len", 256)
+    full_batch_size: Any = cfg_field("compile.full_batch_size", None)
+    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
 
 
-def specializations(params: CompileOrtParams) -> list[dict[str, int]]:
-    """Prefill then decode shapes; one entry when prefill is a single token."""
-    seq_lens = [params.prefill_seq_len] if params.prefill_seq_len == 1 else [params.prefill_seq_len, 1]
-    return [{"batch_size": params.batch_size, "seq_len": s, "ctx_len": params.ctx_len} for s in seq_lens]
+def specializations(params: Any) -> list[dict[str, int]]:
+    """The shapes to build, planned once from the compile config (passes.specializations.plan)."""
+    return spz.plan(params.batch_size, params.prefill_seq_len, params.ctx_len,
+                    params.full_batch_size, params.num_speculative_tokens)
 
 
 @register_pass("compile_ort", params=CompileOrtParams, deps=("onnx", "onnxruntime"), materialize=True,
-               code=("passes.onnx_files", "passes.files"), needs=Needs(modules=("onnx", "onnxruntime")))
+               code=("passes.onnx_files", "passes.files", "passes.specializations"),
+               needs=Needs(modules=("onnx", "onnxruntime")))
 def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) -> dict[str, Any]:
     import onnx
 
@@ -35,12 +39,16 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
 
     src = Path(inputs["onnx"])
     io = onnx_files.read_json(src / onnx_files.IO)
-    link_or_copy(src / onnx_files.WEIGHTS, out / onnx_files.WEIGHTS)
-    # Initializers keep pointing at model.onnx.data: every graph below reads the same file.
+    spz.check_variant_inputs(io, params.full_batch_size, params.num_speculative_tokens, "compile_ort")
+    specs = specializations(params)
+    weights = onnx_files.data_files(src)
+    for name in weights:
+        link_or_copy(src / name, out / name)
+    # Initializers keep pointing at the same data files: every graph below reads one copy.
     proto = onnx.load(str(src / onnx_files.MODEL), load_external_data=False)
     graphs = []
-    for spec in specializations(params):
-        name = "decode.onnx" if spec["seq_len"] == 1 else "prefill.onnx"
+    for spec, role in zip(specs, spz.names(specs)):
+        name = f"{role.lower()}.onnx"  # prefill.onnx, decode.onnx[, decode_k<K>.onnx]
         fixed = onnx.ModelProto()
         fixed.CopyFrom(proto)
         _fix_shapes(fixed, {k: int(v) for k, v in spec.items()})
@@ -48,7 +56,7 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
         graphs.append({"file": name, **spec})
     session = {
         "graphs": graphs,
-        "weights": onnx_files.WEIGHTS,
+        "weights": weights,
         "io": io,
         "options": {
             "intra_op_num_threads": params.num_cores,
@@ -58,10 +66,17 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
         },
     }
     onnx_files.write_json(out / SESSION, session)
-    flat = [{k: str(v) for k, v in spec.items()} for spec in specializations(params)]
-    onnx_files.write_json(out / SPECIALIZATIONS, {"specializations": flat})
+    onnx_files.write_json(out / SPECIALIZATIONS, spz.to_json(specs, "flat"))
     load_seconds = _prove_loads(out, session)
     return {"graphs": [g["file"] for g in graphs], "load_seconds": load_seconds}
+
+
+@hook("compile_ort", "check")
+def check(params: CompileOrtParams) -> None:
+    try:
+        specializations(params)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _fix_shapes(model: Any, sizes: dict[str, int]) -> None:

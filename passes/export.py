@@ -10,31 +10,45 @@ from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
 # Tracing shapes: fixed, so the graph depends only on the model and the params. Distinct
 # odd sizes keep the tracer from confusing one axis with another; batch > 1 keeps dynamo
-# from specializing it to 1.
+# from specializing it to 1. Graph variants: a KV batch (full_batch_size) unlike the input
+# batch, and a num_logits_to_keep below EXAMPLE_SEQ.
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_CTX = 2, 3, 37
+EXAMPLE_FULL_BATCH, EXAMPLE_LOGITS_TO_KEEP = 4, 2
 
 
 @dataclass(frozen=True)
 class ExportParams:
     dynamo: bool = cfg_field("export.dynamo", False)
     opset: int = cfg_field("export.opset", 17)
+    # Graph variants (must match the transform's): only whether each is set enters the key.
+    full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
+    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
 
 
-def io_names(num_layers: int) -> tuple[list[str], list[str]]:
+def io_names(num_layers: int, batch_index: bool = False,
+             num_logits_to_keep: bool = False) -> tuple[list[str], list[str]]:
     """Graph input and output names (the AI 100 retained-state convention)."""
     past = [f"past_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
-    return ["input_ids", "position_ids", *past], ["logits", *(f"{n}_RetainedState" for n in past)]
+    extra = ["batch_index"] * batch_index + ["num_logits_to_keep"] * num_logits_to_keep
+    return ["input_ids", "position_ids", *past, *extra], ["logits", *(f"{n}_RetainedState" for n in past)]
 
 
-def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
+def dynamic_axes(num_layers: int, batch_index: bool = False,
+                 num_logits_to_keep: bool = False) -> dict[str, dict[int, str]]:
     inputs, outputs = io_names(num_layers)
     axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch_size", 1: "seq_len"},
         "position_ids": {0: "batch_size", 1: "seq_len"},
         "logits": {0: "batch_size"},
     }
+    kv_batch = "full_batch_size" if batch_index else "batch_size"
     for name in inputs[2:] + outputs[1:]:
-        axes[name] = {0: "batch_size", 2: "ctx_len"}
+        axes[name] = {0: kv_batch, 2: "ctx_len"}
+    if batch_index:
+        axes["batch_index"] = {0: "batch_size"}
+    if num_logits_to_keep:
+        axes["num_logits_to_keep"] = {0: "num_logits_to_keep"}
+        axes["logits"] = {0: "batch_size", 1: "num_logits_to_keep"}
     return axes
 
 
@@ -44,9 +58,25 @@ def example_inputs(model: Any) -> tuple[Any, ...]:
     ids = torch.arange(EXAMPLE_BATCH * EXAMPLE_SEQ, dtype=torch.int64).reshape(EXAMPLE_BATCH, EXAMPLE_SEQ) + 1
     pos = torch.arange(EXAMPLE_SEQ, dtype=torch.int64).repeat(EXAMPLE_BATCH, 1)
     pos[1, -1] = -1  # one padding slot, so no path specializes on "all valid"
-    shape = (EXAMPLE_BATCH, model.num_kv_heads, EXAMPLE_CTX, model.head_dim)
+    kv_batch = EXAMPLE_FULL_BATCH if model.has_batch_index else EXAMPLE_BATCH
+    shape = (kv_batch, model.num_kv_heads, EXAMPLE_CTX, model.head_dim)
     past = [torch.zeros(shape, dtype=torch.float32) for _ in range(2 * model.num_layers)]
-    return (ids, pos, *past)
+    extra = []
+    if model.has_batch_index:  # distinct rows, neither 0 nor in order
+        extra.append(torch.tensor([[EXAMPLE_FULL_BATCH - 1], [1]], dtype=torch.int64)[:EXAMPLE_BATCH])
+    if model.has_num_logits_to_keep:
+        extra.append(torch.zeros((EXAMPLE_LOGITS_TO_KEEP, 1), dtype=torch.int64))
+    return (ids, pos, *past, *extra)
+
+
+def variants(model: Any, params: ExportParams) -> dict[str, bool]:
+    """The graph's optional inputs, from the transform; the export params must agree."""
+    have = {"batch_index": bool(model.has_batch_index), "num_logits_to_keep": bool(model.has_num_logits_to_keep)}
+    want = {"batch_index": params.full_batch_size is not None,
+            "num_logits_to_keep": params.num_speculative_tokens is not None}
+    if have != want:
+        raise RuntimeError(f"export: the transform built inputs {have}, the export params ask for {want}")
+    return have
 
 
 @register_pass("export", params=ExportParams, deps=("torch", "onnx", "onnxscript", "onnx_ir"),
@@ -61,12 +91,13 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
 
     model = inputs["model"]
     args = example_inputs(model)
-    names_in, names_out = io_names(model.num_layers)
-    axes = dynamic_axes(model.num_layers)
+    extra = variants(model, params)
+    names_in, names_out = io_names(model.num_layers, **extra)
+    axes = dynamic_axes(model.num_layers, **extra)
     with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:
-            _export_dynamo(model, args, raw, names_in, names_out, params.opset)
+            _export_dynamo(model, args, raw, names_in, names_out, params.opset, **extra)
         else:
             torch.onnx.export(
                 model, args, str(raw), dynamo=False, input_names=names_in, output_names=names_out,
@@ -76,7 +107,7 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     _strip_nondeterminism(proto)
     ir_model = ir.from_proto(proto)
     dims = {k: int(getattr(model, k)) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size")}
-    _name_shapes(ir_model.graph, dims)
+    _name_shapes(ir_model.graph, dims, **extra)
     opset = ir_model.opset_imports.get("", None)
     if opset != params.opset:
         raise RuntimeError(f"export: asked for opset {params.opset}, the exporter produced {opset}")
@@ -92,14 +123,17 @@ def check(params: ExportParams) -> None:
                         "allowed: 18..21 (the dynamo exporter emits opset 18 and cannot convert down)")
 
 
-def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], names_out: list[str], opset: int) -> None:
+def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], names_out: list[str], opset: int,
+                   batch_index: bool = False, num_logits_to_keep: bool = False) -> None:
     import torch
     from torch.export import Dim
 
     batch, seq, ctx = Dim("batch_size", min=1), Dim("seq_len", min=1), Dim("ctx_len", min=2)
-    kv = {0: batch, 2: ctx}
+    kv = {0: Dim("full_batch_size", min=1) if batch_index else batch, 2: ctx}
+    n_past = 2 * model.num_layers
+    extra = ([{0: batch}] if batch_index else []) + ([{0: Dim("num_logits_to_keep", min=1)}] if num_logits_to_keep else [])
     shapes = {"input_ids": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq},
-              "past": tuple(kv for _ in args[2:])}
+              "past": tuple([kv] * n_past + extra)}
     try:
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes, input_names=names_in,
                                     output_names=names_out, opset_version=opset, optimize=False,
@@ -109,13 +143,15 @@ def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], nam
     program.save(str(path), external_data=True)
 
 
-def _name_shapes(graph: Any, dims: dict[str, int]) -> None:
+def _name_shapes(graph: Any, dims: dict[str, int], batch_index: bool = False, num_logits_to_keep: bool = False) -> None:
     """Give every graph input and output its declared shape (exporters invent names for some axes)."""
     import onnx_ir as ir
 
-    kv = ["batch_size", dims["num_kv_heads"], "ctx_len", dims["head_dim"]]
+    kv = ["full_batch_size" if batch_index else "batch_size", dims["num_kv_heads"], "ctx_len", dims["head_dim"]]
+    kept = "num_logits_to_keep" if num_logits_to_keep else 1
     shapes = {"input_ids": ["batch_size", "seq_len"], "position_ids": ["batch_size", "seq_len"],
-              "logits": ["batch_size", 1, dims["vocab_size"]]}
+              "logits": ["batch_size", kept, dims["vocab_size"]],
+              "batch_index": ["batch_size", 1], "num_logits_to_keep": ["num_logits_to_keep", 1]}
     for value in (*graph.inputs, *graph.outputs):
         value.shape = ir.Shape(shapes.get(value.name, kv))
 

@@ -1,4 +1,8 @@
-"""Shared ONNX file layout of the graph passes: model.onnx + model.onnx.data + io.json."""
+"""Shared ONNX file layout of the graph passes: model.onnx + model.onnx.data + io.json.
+
+The weights may instead be split over several files (``save_ir(..., max_file_bytes=N)``):
+see ``save_ir`` for their names and ``data_files`` to list them.
+"""
 from __future__ import annotations
 
 import json
@@ -8,22 +12,56 @@ from typing import Any
 MODEL = "model.onnx"
 WEIGHTS = "model.onnx.data"
 IO = "io.json"
-# Tensors under this size stay inside model.onnx; the rest go to the one external file.
+# Tensors under this size stay inside model.onnx; the rest go to the external file(s).
 INLINE_LIMIT = 1024
 # Offsets aligned like this let ONNX Runtime memory-map weights instead of copying them.
 ALIGNMENT = 4096
 
 
-def save_ir(model: Any, out: Path) -> None:
-    """Write an onnx_ir model as out/model.onnx with its weights in out/model.onnx.data."""
+def save_ir(model: Any, out: Path, max_file_bytes: int | None = None) -> None:
+    """Write an onnx_ir model as out/model.onnx with its weights in external data files.
+
+    ``max_file_bytes=None``: one file, out/model.onnx.data (the layout every pass has always
+    written). An int: files of at most that many bytes each (4 KiB alignment padding
+    included), filled in initializer order; a tensor larger than the limit gets a file of
+    its own. Files are named like Hugging Face shards, ``model-00001-of-00003.onnx.data``,
+    ``model-00002-of-00003.onnx.data``, ...; when everything fits in one file it is plain
+    ``model.onnx.data``, byte for byte what ``None`` writes. Each tensor's ``location`` in
+    model.onnx names its file (``data_files`` lists them). A split save refuses to overwrite
+    existing data files: save into an empty folder.
+    """
     import onnx_ir as ir
 
+    if max_file_bytes is not None and (isinstance(max_file_bytes, bool) or not isinstance(max_file_bytes, int)
+                                       or max_file_bytes <= 0):
+        raise ValueError(f"max_file_bytes must be a positive int or None, not {max_file_bytes!r}")
+    # onnx_ir shards by initializer order, starting a new file when the next (aligned)
+    # tensor would pass the limit; with None it takes its single-file path unchanged.
     ir.save(model, out / MODEL, external_data=WEIGHTS, size_threshold_bytes=INLINE_LIMIT,
+            max_shard_size_bytes=max_file_bytes,
             alignment=ALIGNMENT, align_threshold=INLINE_LIMIT, max_workers=1)
 
 
+def data_files(src: Path) -> list[str]:
+    """Names (relative to src) of the external data files src/model.onnx refers to, in first-use order.
+
+    ``[WEIGHTS]`` for a model saved unsplit; several shard names for a split save; empty if
+    every tensor is inline. Reads only the graph, never the weights.
+    """
+    import onnx
+    from onnx import external_data_helper
+
+    proto = onnx.load(Path(src) / MODEL, load_external_data=False)
+    names: dict[str, None] = {}
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            names[info.location] = None
+    return list(names)
+
+
 def load_ir(src: Path) -> Any:
-    """Read src/model.onnx with its weights memory-mapped from the external file.
+    """Read src/model.onnx with its weights memory-mapped from the external file(s).
 
     Store trees are hard links to immutable blobs, and onnx/onnx_ir refuse external data
     with more than one link (a guard against planted links). Our own read-only store is

@@ -26,12 +26,18 @@ class PackageParams:
     model_hf_id: Optional[str] = cfg_field("model.hf_id", None)
     target: str = cfg_field("hw.target", "cpu")
     num_cores: int = cfg_field("hw.num_cores", 2)
+    num_devices: int = cfg_field("hw.num_devices", 1)
+    hw_version: str = cfg_field("hw.hw_version", "ai100")
+    mxfp6_matmul: bool = cfg_field("hw.mxfp6_matmul", False)
+    kv_cache_dtype: str = cfg_field("hw.kv_cache_dtype", "float16")
     export_dynamo: bool = cfg_field("export.dynamo", False)
     export_opset: int = cfg_field("export.opset", 17)
     rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
     batch_size: int = cfg_field("compile.batch_size", 1)
     prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
     ctx_len: int = cfg_field("compile.ctx_len", 256)
+    full_batch_size: Optional[int] = cfg_field("compile.full_batch_size", None)
+    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
 
 
 def resolved_config(params: PackageParams) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def resolved_config(params: PackageParams) -> dict[str, Any]:
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
-               materialize=True, code=("passes.files",), needs=Needs(modules=("onnxruntime", "transformers")))
+               materialize=True, code=("passes.files", "passes.qpc_package"), needs=Needs(modules=("onnxruntime", "transformers")))
 def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict[str, Any]:
     import json
     from importlib import metadata
@@ -66,6 +72,11 @@ def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict
     if "config.json" not in copied:
         raise RuntimeError(f"package: the checkpoint has no config.json (files: {sorted(p.name for p in checkpoint.iterdir())})")
     _check_tokenizer(out / TOKENIZER_DIR)
+    if params.target == "ai100":
+        from passes.qpc_package import write_onnx_session, write_qconfig
+
+        write_onnx_session(out)
+        write_qconfig(out, checkpoint, resolved_config(params))
 
     files = {p.relative_to(out).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file()}

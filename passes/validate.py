@@ -1,11 +1,16 @@
-"""Pass `validate`: run the package through runtime/ and compare greedy tokens with the reference."""
+"""Pass `validate`: run the package through runtime/ and compare greedy tokens with the reference.
+
+For an AI 100 package: where the Platform SDK's qaicrt is importable, the QPC itself runs
+on the device (``validation.target`` "qpc"); elsewhere ONNX Runtime runs the exact ONNX
+handed to the compiler ("onnx"). Which of the two enters the key (the ``runner`` param).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, StageFailure, cfg_field, register_pass
+from pipeline.pass_api import Needs, StageFailure, cfg_field, hook, register_pass
 
 VALIDATION = "validation.json"
 
@@ -14,6 +19,7 @@ VALIDATION = "validation.json"
 class ValidateParams:
     prompt: str = cfg_field("validate.prompt", "The capital of France is")
     max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
+    runner: str = ""  # filled by the resolve hook: "qaicrt" where the AI 100 runtime is importable
 
 
 # transformers: the runtime tokenizes with it, so its version can change the ids.
@@ -43,6 +49,13 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
                            f"the reference {ref['prompt_ids'][:16]}", result=result)
 
     session = Session(package)
+    # A CPU package runs itself; an AI 100 package, where no device is, runs the exact ONNX
+    # handed to the compiler (its session.json says so).
+    result["target"] = session.config.get("validation_target", "package")
+    if result["target"] == "onnx" and params.runner == "qaicrt" and (package / "qpc" / "programqpc.bin").is_file():
+        from runtime.qaic_session import AI100Session
+
+        session, result["target"] = AI100Session(package), "qpc"
     gen = generate(session, ids, params.max_new_tokens)
     tokens, logits = gen.tokens[0], gen.logits[0]
     ref_tokens = ref["tokens"]
@@ -65,3 +78,14 @@ def _write(out: Path, result: dict[str, Any], details: dict[str, Any]) -> None:
     import json
 
     (out / VALIDATION).write_text(json.dumps({**result, **details}, indent=2, sort_keys=True) + "\n")
+
+
+@hook("validate", "resolve")
+def resolve(params: ValidateParams) -> ValidateParams:
+    """Which runtime will run an AI 100 package here (cheap: nothing is imported)."""
+    import dataclasses
+    import importlib.util
+
+    sdk = Path("/opt/qti-aic/dev/lib/x86_64")  # runtime.qaic_session.SDK_PYTHON
+    found = importlib.util.find_spec("qaicrt") is not None or any(sdk.glob("qaicrt*"))
+    return dataclasses.replace(params, runner="qaicrt" if found else "onnxruntime")

@@ -21,7 +21,7 @@ from pipeline.pass_api import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SOURCES = ("hub", "local", "gguf", "random")
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "ai100")
 
 
 @dataclass
@@ -39,8 +39,20 @@ class ModelConfig:
 
 @dataclass
 class HwConfig:
-    target: str = "cpu"
-    num_cores: int = 2
+    target: str = "cpu"                    # cpu (ONNX Runtime) | ai100 (Cloud AI 100 SDK)
+    compile_pass: str = "compile_ort"      # the pass that builds the program for this target
+    num_cores: int = 2                     # cpu: intra-op threads; ai100: cores per device
+    compiler: Optional[str] = None         # ai100: path; null: qaic-compile, then qaic-exec, in /opt/qti-aic/exec
+    num_devices: int = 1
+    hw_version: str = "ai100"              # -aic-hw-version
+    mxfp6_matmul: bool = False
+    kv_cache_dtype: str = "float16"        # float16 | mxint8 | bfloat16
+    mos: Optional[int] = None
+    ols: Optional[int] = None
+    aic_enable_depth_first: bool = False
+    specialization_format: str = "flat"    # flat | named
+    extra_options: Dict[str, Any] = field(default_factory=dict)  # some_option: True -> -some-option
+    compile_timeout_s: Optional[float] = None  # none: real compiles take hours
 
 
 @dataclass
@@ -59,6 +71,9 @@ class CompileConfig:
     batch_size: int = 1
     prefill_seq_len: int = 32
     ctx_len: int = 256
+    full_batch_size: Optional[int] = None   # continuous batching: KV batch dimension
+    num_speculative_tokens: Any = None      # speculative target: K, or a list of K
+    dry_run: bool = False                   # ai100: write the compile plan, run no compiler
 
 
 @dataclass
@@ -147,5 +162,16 @@ def check_config(cfg: Any, max_positions: int | None = None) -> None:
         raise _bad("compile.prefill_seq_len", c.prefill_seq_len, f"allowed: 1..{c.ctx_len} (compile.ctx_len)")
     if not 1 <= cfg.validate.max_new_tokens < c.ctx_len:
         raise _bad("validate.max_new_tokens", cfg.validate.max_new_tokens, f"allowed: 1..{c.ctx_len - 1}")
+    if c.full_batch_size is not None and not c.full_batch_size >= 1:
+        raise _bad("compile.full_batch_size", c.full_batch_size, "allowed: null or an integer >= 1")
+    k = c.num_speculative_tokens
+    ks = list(k) if OmegaConf.is_list(k) or isinstance(k, (list, tuple)) else [k]
+    if k is not None and (not ks or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in ks)):
+        raise _bad("compile.num_speculative_tokens", OmegaConf.to_container(k) if OmegaConf.is_list(k) else k,
+                   "allowed: null, an integer >= 1, or a list of them")
+    if k is not None and max(ks) + 1 > c.ctx_len:
+        raise _bad("compile.num_speculative_tokens", max(ks), f"allowed: K + 1 <= compile.ctx_len ({c.ctx_len})")
+    if cfg.hw.num_devices < 1:
+        raise _bad("hw.num_devices", cfg.hw.num_devices, "allowed: an integer >= 1")
     if not cfg.validate.prompt:
         raise _bad("validate.prompt", cfg.validate.prompt, "allowed: a non-empty string")

@@ -44,6 +44,8 @@ def canonical_params(params: Any, memo: DigestMemo) -> tuple[dict[str, Any], dic
         value = getattr(params, f.name)
         if kind == "note":
             continue
+        if kind == "flag":
+            value = value is not None
         if kind == "path" and value is not None:
             from pathlib import Path
 

@@ -35,8 +35,9 @@ def cfg_field(path: str, default: Any = dataclasses.MISSING, *, kind: str = "val
     """A params field bound to a config path (``"hw.num_cores"``).
 
     ``kind="path"``: a local file or folder; it enters the key by content digest, never by
-    its location. ``kind="note"``: passed to the pass but kept out of the key (must not
-    change the output, e.g. a log level).
+    its location. ``kind="flag"``: only whether it is set (not None) enters the key, for a
+    pass whose output depends on that alone (a graph variant). ``kind="note"``: passed to
+    the pass but kept out of the key (must not change the output, e.g. a log level).
     """
     meta = {"cfg": path, "kind": kind}
     if isinstance(default, (list, dict)):

@@ -19,10 +19,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--private-weights", action="store_true",
                     help="let ONNX Runtime pre-pack weights per graph: faster decode, more memory")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--device", choices=("cpu", "ai100"), default="cpu",
+                    help="cpu: ONNX Runtime (for an AI 100 package, its ONNX); ai100: the QPC through qaicrt")
+    ap.add_argument("--device-ids", default="0", help="ai100: comma-separated device ids (default 0)")
     args = ap.parse_args(argv)
 
     tokenizer = load_tokenizer(args.package_dir)
-    session = Session(args.package_dir, num_threads=args.threads, share_weights=not args.private_weights)
+    if args.device == "ai100":
+        from runtime.qaic_session import AI100Session
+
+        try:
+            session = AI100Session(args.package_dir, [int(i) for i in args.device_ids.split(",")])
+        except ImportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        session = Session(args.package_dir, num_threads=args.threads, share_weights=not args.private_weights)
     ids = tokenizer(args.prompt).input_ids
     result = generate(session, ids, args.max_new_tokens)
     text = tokenizer.decode(result.tokens[0], skip_special_tokens=False)

@@ -86,7 +86,33 @@ def _rows(session: Any, prompts: Sequence[Any]) -> list[list[int]]:
 
 def _step(session: Any, ids: np.ndarray, pos: np.ndarray, past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One graph run; the retained-state outputs become the next step's past (updated in place)."""
-    out = session.run({"input_ids": ids, "position_ids": pos, **past})
+    rows = len(ids)
+    ids, pos = _pad_to_shape(session, ids, pos)
+    feeds = {"input_ids": ids, "position_ids": pos, **past}
+    # Graph variants: known from the graph's inputs, or from the compiled shape's symbols.
+    names = getattr(session, "input_names", ())
+    shape = next((s for s in getattr(session, "shapes", ()) if (s["batch_size"], s["seq_len"]) == ids.shape), {})
+    if "batch_index" in names or "full_batch_size" in shape:  # continuous batching: row r uses KV row r
+        feeds["batch_index"] = np.arange(len(ids), dtype=np.int64)[:, None]
+    if "num_logits_to_keep" in names or "num_logits_to_keep" in shape:
+        # Speculative target: logits of the last n valid positions; [:, -1] is the last one.
+        keep = shape.get("num_logits_to_keep", 1)
+        feeds["num_logits_to_keep"] = np.zeros((keep, 1), dtype=np.int64)
+    out = session.run(feeds)
     for name in past:
         past[name] = out[f"{name}_RetainedState"]
-    return out
+    return {**out, "logits": out["logits"][:rows]}
+
+
+def _pad_to_shape(session: Any, ids: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to the smallest compiled shape that holds [rows, seq] when none is exact: variant
+    packages decode with seq_len K+1 (speculative) or batch full_batch_size (continuous
+    batching). Padding has position -1, so it changes no KV row or slot."""
+    shapes = {(shape["batch_size"], shape["seq_len"]) for shape in getattr(session, "shapes", ())}
+    b, s = ids.shape
+    fits = [(bb, ss) for bb, ss in shapes if bb >= b and ss >= s]
+    if (b, s) in shapes or not fits:
+        return ids, pos
+    to_b, to_s = min(fits)
+    pad = ((0, to_b - b), (0, to_s - s))
+    return np.pad(ids, pad), np.pad(pos, pad, constant_values=PAD_POSITION)

@@ -56,20 +56,22 @@ class Session:
         self.dims = io["dims"]
         self.input_names = [v["name"] for v in io["inputs"]]
         self.output_names = [v["name"] for v in io["outputs"]]
-        self.past_names = self.input_names[2:]
+        self.past_names = [n for n in self.input_names if n.startswith("past_")]
         self.sessions: dict[tuple[int, int], Any] = {}
         self.shapes: list[dict[str, int]] = []
         for graph in self.config["graphs"]:
             key = (graph["batch_size"], graph["seq_len"])
             self.sessions[key] = ort.InferenceSession(str(self.dir / graph["file"]), session_options(options),
                                                       providers=["CPUExecutionProvider"])
-            self.shapes.append({k: graph[k] for k in ("batch_size", "seq_len", "ctx_len")})
+            self.shapes.append({k: v for k, v in graph.items() if k != "file"})  # every specialization symbol
         self.batch_size = self.shapes[0]["batch_size"]
         self.ctx_len = self.shapes[0]["ctx_len"]
         self.seq_lens = sorted({s["seq_len"] for s in self.shapes}, reverse=True)
+        # Continuous batching (a batch_index input): the KV cache holds full_batch_size rows.
+        self.kv_batch_size = int(self.config["graphs"][0].get("full_batch_size") or self.batch_size)
 
     def empty_past(self) -> dict[str, np.ndarray]:
-        shape = (self.batch_size, self.dims["num_kv_heads"], self.ctx_len, self.dims["head_dim"])
+        shape = (self.kv_batch_size, self.dims["num_kv_heads"], self.ctx_len, self.dims["head_dim"])
         return {name: np.zeros(shape, dtype=np.float32) for name in self.past_names}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

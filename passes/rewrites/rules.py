@@ -53,3 +53,11 @@ def rms_norm(model: Any) -> Any:
     from passes.rewrites import rms_norm as rule
 
     return rule.apply(model)
+
+
+@rewrite("fp16_clip", "fp32 constants clipped to the fp16 finite range [-65504, 65504] (+-inf, NaN kept), for fp16 targets")
+def fp16_clip(model: Any) -> Any:
+    from passes.rewrites.fp16_clip import clip_fp16
+
+    clip_fp16(model)
+    return model

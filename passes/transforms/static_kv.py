@@ -5,12 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, register_pass
+from pipeline.pass_api import Needs, cfg_field, register_pass
 
 
 @dataclass(frozen=True)
 class StaticKvParams:
-    pass
+    # Graph variants: only whether each is set matters (the sizes are compile parameters).
+    full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
+    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
 
 
 @register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False,
@@ -22,11 +24,18 @@ def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> A
     model = AutoModelForCausalLM.from_pretrained(
         Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
     )
-    return build_wrapper(model)
+    return build_wrapper(model, continuous_batching=params.full_batch_size is not None,
+                         speculative=params.num_speculative_tokens is not None)
 
 
-def build_wrapper(model: Any) -> Any:
-    """The static-KV module over an already loaded HF causal LM (eval mode, fp32)."""
+def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bool = False) -> Any:
+    """The static-KV module over an already loaded HF causal LM (eval mode, fp32).
+
+    ``continuous_batching``: a ``batch_index`` input [batch, 1]; the KV tensors hold
+    full_batch_size rows and input row r reads and writes KV row batch_index[r].
+    ``speculative``: a ``num_logits_to_keep`` input [n, 1] (only n matters); logits are those
+    of the last n valid positions, in order.
+    """
     import torch
     from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -66,9 +75,11 @@ def build_wrapper(model: Any) -> Any:
             return self.keys.shape[-2]
 
     class StaticKvCausalLM(torch.nn.Module):
-        """forward(input_ids, position_ids, *past) -> (last valid logits, *updated past)."""
+        """forward(input_ids, position_ids, *past[, batch_index][, num_logits_to_keep])
+        -> (logits, *updated past); the optional inputs exist per ``has_batch_index`` and
+        ``has_num_logits_to_keep``, in that order after the past tensors."""
 
-        def __init__(self, model: Any):
+        def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool):
             super().__init__()
             cfg = model.config.get_text_config()
             self.model = model
@@ -80,8 +91,18 @@ def build_wrapper(model: Any) -> Any:
             self.vocab_size = cfg.vocab_size
             layer_types = getattr(cfg, "layer_types", None) or ()
             self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
+            self.has_batch_index = has_batch_index
+            self.has_num_logits_to_keep = has_num_logits_to_keep
 
         def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
+            # (The varargs keep the name `past`: the dynamo exporter's dynamic_shapes refer to it.)
+            past, extra = past[:2 * self.num_layers], list(past[2 * self.num_layers:])
+            batch_index = extra.pop(0) if self.has_batch_index else None
+            num_logits_to_keep = extra.pop(0) if self.has_num_logits_to_keep else None
+            full_past = past
+            if batch_index is not None:  # run on this batch's KV rows, scattered back below
+                rows = batch_index[:, 0]
+                past = [p[rows] for p in full_past]
             ctx_len = past[0].shape[2]
             valid = position_ids >= 0
             # Padding scatters to the last slot (old value written back); a valid write there
@@ -99,9 +120,16 @@ def build_wrapper(model: Any) -> Any:
             )
             last = position_ids.argmax(dim=1)  # positions increase, so the max is the last valid one
             hidden = out.last_hidden_state
-            gather_index = last[:, None, None].expand(-1, 1, hidden.shape[-1])
+            if num_logits_to_keep is None:
+                gather_index = last[:, None, None].expand(-1, 1, hidden.shape[-1])
+            else:  # the n positions ending at the last valid one (clamped at the chunk's start)
+                n = num_logits_to_keep.shape[0]
+                keep = last[:, None] - n + 1 + torch.arange(n, device=last.device)[None, :]
+                gather_index = keep.clamp(min=0)[:, :, None].expand(-1, -1, hidden.shape[-1])
             logits = self.lm_head(hidden.gather(1, gather_index))
             updated = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+            if batch_index is not None:
+                updated = [full.index_put((rows,), rows_kv) for full, rows_kv in zip(full_past, updated)]
             return (logits, *updated)
 
         def _mask(self, position_ids: torch.Tensor, ctx_len: Any) -> Any:
@@ -121,4 +149,4 @@ def build_wrapper(model: Any) -> Any:
         model = model.to(torch.float32)
     model.eval()
     model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
-    return StaticKvCausalLM(model).eval()
+    return StaticKvCausalLM(model, continuous_batching, speculative).eval()

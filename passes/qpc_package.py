@@ -1,0 +1,68 @@
+"""The Cloud AI 100 parts of a package: qconfig.json, and an ONNX Runtime view of the ONNX
+handed to the compiler so the package can be validated where no AI 100 device is."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+QCONFIG = "qconfig.json"
+SESSION = "session.json"
+
+
+def specialization_shapes(specs: list[Mapping[str, Any]]) -> list[dict[str, int]]:
+    """Flat or named specializations.json entries -> [{symbol: int}]."""
+    return [{k: int(v) for k, v in (s.get("symbols", s)).items()} for s in specs]
+
+
+def io_of(out: Path) -> dict[str, Any]:
+    """io.json of the compiled ONNX (read from the graph when the compile tree lacks it)."""
+    if (out / "io.json").is_file():
+        return json.loads((out / "io.json").read_text())
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    # load_external_data=False: onnx refuses the store's hard-linked weight files
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+
+    def value(v: Any) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    inputs = [value(v) for v in model.graph.input]
+    past = next(v for v in inputs if v["name"].startswith("past_key."))
+    logits = next(value(v) for v in model.graph.output if v.name == "logits")
+    layers = sum(1 for v in inputs if v["name"].startswith("past_key."))
+    dims = {"num_layers": layers, "num_kv_heads": past["shape"][1], "head_dim": past["shape"][3],
+            "vocab_size": logits["shape"][-1]}
+    return {"inputs": inputs, "outputs": [value(v) for v in model.graph.output], "dims": dims}
+
+
+def write_onnx_session(out: Path) -> None:
+    """session.json running model.onnx (dynamic shapes) once per specialization, on the CPU."""
+    specs = json.loads((out / "specializations.json").read_text())["specializations"]
+    graphs = [{"file": "model.onnx", "batch_size": s["batch_size"], "seq_len": s["seq_len"],
+               "ctx_len": s["ctx_len"]} for s in specialization_shapes(specs)]
+    from passes.onnx_files import data_files
+
+    session = {"graphs": graphs, "io": io_of(out), "options": {"intra_op_num_threads": 0},
+               "weights": data_files(out), "validation_target": "onnx",
+               "note": "the ONNX handed to the AI 100 compiler, run by ONNX Runtime; qpc/ is the device program"}
+    (out / SESSION).write_text(json.dumps(session, indent=2, sort_keys=True) + "\n")
+
+
+def write_qconfig(out: Path, checkpoint: Path, config: Mapping[str, Any]) -> None:
+    """qconfig.json as users of the reference library expect: HF config, transforms, compiler, SDK."""
+    compile_info = json.loads((out / "compile.json").read_text()) if (out / "compile.json").is_file() else {}
+    command = compile_info.get("command")
+    if command is None and (out / "compile.sh").is_file():
+        command = (out / "compile.sh").read_text().strip().splitlines()[-1]
+    qconfig = {
+        "huggingface_config": json.loads((checkpoint / "config.json").read_text()),
+        "transforms": ["static_kv", *config["rewrite"]["rules"], "fp16_clip", "external_data_split"],
+        "compiler": {"command": command, "options": config["hw"], "compile": config["compile"]},
+        "sdk_versions": compile_info.get("compiler_version"),
+        "qpc": "qpc/programqpc.bin" if (out / "qpc" / "programqpc.bin").is_file() else None,
+    }
+    (out / QCONFIG).write_text(json.dumps(qconfig, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,128 @@
+"""The compiled shapes of a causal LM ("specializations"), planned once from the compile config.
+
+Both backends build exactly these shapes: ``compile_ort`` one fixed-shape ONNX graph per
+entry, ``compile_ai100`` one entry of the compiler's specializations.json per entry.
+Standard library only (imported by the passes' cheap hooks).
+
+``plan`` returns ``[{symbol: int}]``, prefill first, then the decode entries:
+
+- causal LM: prefill ``{batch_size, seq_len=prefill_seq_len, ctx_len}``, decode
+  ``{batch_size, seq_len=1, ctx_len}``; a single entry when prefill_seq_len is 1 (the
+  seq_len-1 shape serves prefill token by token and decode).
+- continuous batching (``full_batch_size``): prefill ``{batch_size=1, seq_len, ctx_len,
+  full_batch_size}``, decode ``{batch_size=full_batch_size, seq_len=1, ctx_len,
+  full_batch_size}``; always two entries (their batch sizes differ). compile.batch_size
+  must be 1 (a prefill runs one sequence, placed by ``batch_index``).
+- speculative target (``num_speculative_tokens`` K, or a list of K): prefill adds
+  ``num_logits_to_keep=1``; one decode entry per K, ``seq_len = num_logits_to_keep = K+1``,
+  in the order given.
+
+Names (``names``; the named form of specializations.json and compile_ort's file names):
+the prefill entry is ``Prefill``; the first decode entry is ``Decode``; each further decode
+entry (a list of K) is ``Decode_K<K>``, e.g. K = [2, 4]: ``Prefill, Decode, Decode_K4``.
+The single entry of prefill_seq_len 1 is ``Decode``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+FORMATS = ("flat", "named")
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def speculative_ks(num_speculative_tokens: Any) -> list[int] | None:
+    """None, or the list of K (an int K is a list of one); ValueError on a bad value."""
+    if num_speculative_tokens is None:
+        return None
+    ks = list(num_speculative_tokens) if isinstance(num_speculative_tokens, (list, tuple)) else [num_speculative_tokens]
+    if not ks or not all(_int(k) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
+        raise ValueError(f"compile.num_speculative_tokens: {_show(num_speculative_tokens)} is not allowed; "
+                         "allowed: an integer >= 1, or a list of distinct such integers")
+    return ks
+
+
+def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: int | None = None,
+         num_speculative_tokens: int | Iterable[int] | None = None) -> list[dict[str, int]]:
+    """The compiled shapes, prefill first; ValueError (one line: key, value, allowed) on bad values."""
+    if not _int(ctx_len) or ctx_len < 1:
+        raise ValueError(f"compile.ctx_len: {_show(ctx_len)} is not allowed; allowed: an integer >= 1")
+    if not _int(prefill_seq_len) or not 1 <= prefill_seq_len <= ctx_len:
+        raise ValueError(f"compile.prefill_seq_len: {_show(prefill_seq_len)} is not allowed; "
+                         f"allowed: 1..{ctx_len} (compile.ctx_len)")
+    if not _int(batch_size) or batch_size < 1:
+        raise ValueError(f"compile.batch_size: {_show(batch_size)} is not allowed; allowed: an integer >= 1")
+    if full_batch_size is not None:
+        if not _int(full_batch_size) or full_batch_size < 1:
+            raise ValueError(f"compile.full_batch_size: {_show(full_batch_size)} is not allowed; "
+                             "allowed: an integer >= 1, or null (no continuous batching)")
+        if batch_size != 1:
+            raise ValueError(f"compile.batch_size: {batch_size} is not allowed; allowed: 1 with "
+                             "compile.full_batch_size (continuous batching prefills one sequence at a time)")
+    ks = speculative_ks(num_speculative_tokens)
+    if ks is not None and max(ks) + 1 > ctx_len:
+        raise ValueError(f"compile.num_speculative_tokens: {_show(num_speculative_tokens)} is not allowed; "
+                         f"allowed: K+1 <= {ctx_len} (compile.ctx_len)")
+
+    cb = full_batch_size is not None
+
+    def entry(batch: int, seq_len: int, logits_to_keep: int | None) -> dict[str, int]:
+        spec = {"batch_size": batch, "seq_len": seq_len, "ctx_len": ctx_len}
+        if cb:
+            spec["full_batch_size"] = full_batch_size
+        if logits_to_keep is not None:
+            spec["num_logits_to_keep"] = logits_to_keep
+        return spec
+
+    decode_batch = full_batch_size if cb else batch_size
+    if ks is None:
+        prefill = entry(1 if cb else batch_size, prefill_seq_len, None)
+        if prefill_seq_len == 1 and not cb:
+            return [prefill]
+        return [prefill, entry(decode_batch, 1, None)]
+    return [entry(1 if cb else batch_size, prefill_seq_len, 1), *(entry(decode_batch, k + 1, k + 1) for k in ks)]
+
+
+# The graph input each variant needs (the export builds it when the compile field is set).
+VARIANT_INPUTS = {"full_batch_size": "batch_index", "num_speculative_tokens": "num_logits_to_keep"}
+
+
+def check_variant_inputs(io: dict[str, Any], full_batch_size: Any, num_speculative_tokens: Any, who: str) -> None:
+    """A continuous-batching or speculative plan needs its graph input (io.json's inputs); a
+    RuntimeError says which is missing."""
+    have = [v["name"] for v in io["inputs"]]
+    for key, value in (("full_batch_size", full_batch_size), ("num_speculative_tokens", num_speculative_tokens)):
+        name = VARIANT_INPUTS[key]
+        if value is not None and name not in have:
+            raise RuntimeError(f"{who}: compile.{key}={_show(value)} needs a graph with a {name!r} input, "
+                               f"but the graph's inputs are {have} (this graph variant was not exported)")
+
+
+def names(specs: list[dict[str, int]]) -> list[str]:
+    """Prefill, Decode, Decode_K<K>...; a single entry is Decode (see the module doc)."""
+    if len(specs) == 1:
+        return ["Decode"]
+    out = ["Prefill", "Decode"]
+    for spec in specs[2:]:
+        out.append(f"Decode_K{spec['seq_len'] - 1}")
+    return out
+
+
+def to_json(specs: list[dict[str, int]], form: str = "flat") -> dict[str, Any]:
+    """specializations.json content; every value a string.
+
+    flat: ``{"specializations": [{"batch_size": "1", "seq_len": "32", "ctx_len": "128"}, ...]}``
+    named: ``{"specializations": [{"name": "Prefill", "symbols": {...}}, {"name": "Decode", ...}]}``
+    """
+    if form not in FORMATS:
+        raise ValueError(f"hw.specialization_format: {_show(form)} is not allowed; allowed: {' | '.join(FORMATS)}")
+    flat = [{k: str(v) for k, v in spec.items()} for spec in specs]
+    if form == "flat":
+        return {"specializations": flat}
+    return {"specializations": [{"name": n, "symbols": s} for n, s in zip(names(specs), flat)]}
+
+
+def _show(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)

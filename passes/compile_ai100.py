@@ -9,7 +9,7 @@ io.json                   the graph's inputs/outputs and dims (from the input tr
 specializations.json      passes.specializations.plan, in hw.specialization_format
 custom_io.yaml            KV inputs and their _RetainedState outputs in hw.kv_cache_dtype
 mdp_ts_<N>.json           hw.num_devices > 1: tensor slicing over N devices
-compile.sh                the exact compiler command (POSIX sh; `sh compile.sh` in a copy of
+compile.sh                the exact compiler command (POSIX sh, executable; `./compile.sh` in a copy of
                           this folder writes qpc/ there; QAIC_COMPILER=<path> picks the compiler)
 compile.json              that command, the compiler kind and version (read by the package)
 qpc/programqpc.bin        the program (absent with compile.dry_run=true)
@@ -217,7 +217,7 @@ def script_text(params: CompileAi100Params) -> str:
     return (
         "#!/bin/sh\n"
         "# Cloud AI 100 compile of model.onnx, written by the compile_ai100 pass (ai100-pipeline).\n"
-        "# Copy this folder out of the read-only store (cp -rL), then: sh compile.sh\n"
+        "# Copy this folder out of the read-only store (cp -rL <it> plan; chmod -R u+w plan), then: plan/compile.sh\n"
         "# It works in its own folder and writes qpc/programqpc.bin there.\n"
         f"# Compiler: $QAIC_COMPILER if set, else {default}.\n"
         "set -e\n"
@@ -252,6 +252,7 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
     if params.num_devices > 1:
         onnx_files.write_json(out / mdp_file(params.num_devices), mdp_config(params.num_devices, params.num_cores))
     (out / SCRIPT).write_text(script_text(params))
+    (out / SCRIPT).chmod(0o755)  # the store keeps the execute bit
     options = compiler_options(params)
     portable = shlex.join([sdk_default(params.compiler_kind or "qaic-compile"), *options])
     onnx_files.write_json(out / COMPILE_JSON, {

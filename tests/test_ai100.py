@@ -180,9 +180,9 @@ def test_dry_run_writes_a_compile_script_that_runs_elsewhere(store, tmp_path):
     assert result["command"].startswith("/opt/qti-aic/exec/qaic-compile -aic-hw ")
     copy = tmp_path / "compile-copy"
     subprocess.run(["cp", "-rL", str(t), str(copy)], check=True)
-    for dirpath, _dirs, _files in os.walk(copy):
+    for dirpath, _dirs, _files in os.walk(copy):  # the store's folders are read-only: chmod -R u+w
         os.chmod(dirpath, 0o755)
-    os.chmod(copy / "compile.sh", 0o755)
+    assert os.stat(t / "compile.sh").st_mode & 0o777 == 0o555  # executable, and still read-only
     p = subprocess.run(["./compile-copy/compile.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={**os.environ, **ENV, "QAIC_COMPILER": str(STANDIN)})
     assert p.returncode == 0, p.stdout + p.stderr

@@ -26,6 +26,13 @@ from pipeline.store.digests import DigestMemo, tree_digest, tree_files
 
 READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 READ_ONLY_DIR = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+# A file's id in cas/ is its content digest, plus this suffix when it is executable (a
+# script like compile.sh): the mode is part of what is stored, so it survives the store.
+EXEC_SUFFIX = ".x"
+
+
+def content_digest(file_id: str) -> str:
+    return file_id.removesuffix(EXEC_SUFFIX)
 
 
 class Store:
@@ -118,13 +125,14 @@ class Store:
     def ingest(self, built: Path, fault: Callable[[str], None] = lambda p: None) -> tuple[str, dict[str, list]]:
         """Move a finished output dir into cas/ and trees/; return (tree digest, files).
 
-        ``files``: {relative path: [digest, size, mtime_ns]} as the tree holds them.
+        ``files``: {relative path: [file id, size, mtime_ns]} as the tree holds them.
         """
         rels = tree_files(built)
         digests = {}
         for rel in rels:
             src = built / rel
-            digest = self.memo.file(src)
+            executable = os.stat(src).st_mode & stat.S_IXUSR
+            digest = self.memo.file(src) + (EXEC_SUFFIX if executable else "")
             self._put_blob(src, digest)
             digests[rel] = digest
         fault("after_blobs")
@@ -154,22 +162,23 @@ class Store:
         remove_tree(built)
         return digest, files
 
-    def _put_blob(self, src: Path, digest: str) -> None:
-        blob = self.blob_path(digest)
+    def _put_blob(self, src: Path, file_id: str) -> None:
+        blob = self.blob_path(file_id)
+        mode = READ_ONLY_DIR if file_id.endswith(EXEC_SUFFIX) else READ_ONLY_FILE
         if blob.exists():
             try:
-                if self.memo.file(blob) == digest:
+                if self.memo.file(blob) == content_digest(file_id):
                     return
             except OSError:
                 pass
         blob.parent.mkdir(parents=True, exist_ok=True)
         if os.stat(src).st_nlink > 1:  # linked from elsewhere (an input tree): copy, never move
-            tmp = blob.with_name(f".{digest}.{secrets.token_hex(4)}")
+            tmp = blob.with_name(f".{file_id}.{secrets.token_hex(4)}")
             shutil.copy2(src, tmp)
-            os.chmod(tmp, READ_ONLY_FILE)
+            os.chmod(tmp, mode)
             os.replace(tmp, blob)
         else:
-            os.chmod(src, READ_ONLY_FILE)
+            os.chmod(src, mode)
             os.replace(src, blob)
         self.memo.file(blob)
 

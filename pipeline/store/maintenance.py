@@ -7,7 +7,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.store import Store, remove_tree
+from pipeline.store import Store, content_digest, remove_tree
 from pipeline.store.digests import hash_file, tree_digest
 
 
@@ -29,7 +29,7 @@ def verify(store: Store) -> list[str]:
             if not path.is_file():
                 problems.append(f"{label}: {rel} is missing")
                 continue
-            seen[rel] = hash_file(path)
+            seen[rel] = digest if hash_file(path) == content_digest(digest) else "damaged"
             if seen[rel] != digest:
                 problems.append(f"{label}: {rel} does not match its digest")
         if len(seen) == len(rec["files"]) and tree_digest(seen) != rec["digest"]:

@@ -162,15 +162,8 @@ def check_config(cfg: Any, max_positions: int | None = None) -> None:
         raise _bad("compile.prefill_seq_len", c.prefill_seq_len, f"allowed: 1..{c.ctx_len} (compile.ctx_len)")
     if not 1 <= cfg.validate.max_new_tokens < c.ctx_len:
         raise _bad("validate.max_new_tokens", cfg.validate.max_new_tokens, f"allowed: 1..{c.ctx_len - 1}")
-    if c.full_batch_size is not None and not c.full_batch_size >= 1:
-        raise _bad("compile.full_batch_size", c.full_batch_size, "allowed: null or an integer >= 1")
-    k = c.num_speculative_tokens
-    ks = list(k) if OmegaConf.is_list(k) or isinstance(k, (list, tuple)) else [k]
-    if k is not None and (not ks or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in ks)):
-        raise _bad("compile.num_speculative_tokens", OmegaConf.to_container(k) if OmegaConf.is_list(k) else k,
-                   "allowed: null, an integer >= 1, or a list of them")
-    if k is not None and max(ks) + 1 > c.ctx_len:
-        raise _bad("compile.num_speculative_tokens", max(ks), f"allowed: K + 1 <= compile.ctx_len ({c.ctx_len})")
+    # compile.full_batch_size and compile.num_speculative_tokens: checked by the compile
+    # passes' hooks through passes.specializations.plan, the one place that reads them.
     if cfg.hw.num_devices < 1:
         raise _bad("hw.num_devices", cfg.hw.num_devices, "allowed: an integer >= 1")
     if not cfg.validate.prompt:

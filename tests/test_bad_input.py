@@ -20,6 +20,9 @@ BAD = [
     (["model.source=local", "model.path=/nonexistent/folder"], "model.path: '/nonexistent/folder'"),
     (["rewrite.rules=[optimize,nope]"], "rewrite.rules: 'nope'"),
     (["pipeline.force=[nope]"], "pipeline.force: 'nope'"),
+    (["compile.num_speculative_tokens=0"], "compile.num_speculative_tokens: 0"),
+    (["compile.num_speculative_tokens=[3,300]"], "compile.num_speculative_tokens: [3, 300]"),
+    (["compile.full_batch_size=0"], "compile.full_batch_size: 0"),
 ]
 
 

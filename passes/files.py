@@ -1,7 +1,6 @@
 """File helpers shared by the passes: link-or-copy of read-only trees, sha256 of files."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -16,9 +15,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256(path: Path) -> str:
+    """The file's sha256, as the store computes it (one hasher for the whole project)."""
+    from pipeline.store.digests import hash_file
+
+    return hash_file(path)

@@ -15,30 +15,6 @@ def specialization_shapes(specs: list[Mapping[str, Any]]) -> list[dict[str, int]
     return [{k: int(v) for k, v in (s.get("symbols", s)).items()} for s in specs]
 
 
-def io_of(out: Path) -> dict[str, Any]:
-    """io.json of the compiled ONNX (read from the graph when the compile tree lacks it)."""
-    if (out / "io.json").is_file():
-        return json.loads((out / "io.json").read_text())
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    # load_external_data=False: onnx refuses the store's hard-linked weight files
-    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
-
-    def value(v: Any) -> dict[str, Any]:
-        t = v.type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        return {"name": v.name, "shape": dims, "dtype": tensor_dtype_to_np_dtype(t.elem_type).name}
-
-    inputs = [value(v) for v in model.graph.input]
-    past = next(v for v in inputs if v["name"].startswith("past_key."))
-    logits = next(value(v) for v in model.graph.output if v.name == "logits")
-    layers = sum(1 for v in inputs if v["name"].startswith("past_key."))
-    dims = {"num_layers": layers, "num_kv_heads": past["shape"][1], "head_dim": past["shape"][3],
-            "vocab_size": logits["shape"][-1]}
-    return {"inputs": inputs, "outputs": [value(v) for v in model.graph.output], "dims": dims}
-
-
 def write_onnx_session(out: Path) -> None:
     """session.json running model.onnx (dynamic shapes) once per specialization, on the CPU."""
     specs = json.loads((out / "specializations.json").read_text())["specializations"]
@@ -46,7 +22,8 @@ def write_onnx_session(out: Path) -> None:
                "ctx_len": s["ctx_len"]} for s in specialization_shapes(specs)]
     from passes.onnx_files import data_files
 
-    session = {"graphs": graphs, "io": io_of(out), "options": {"intra_op_num_threads": 0},
+    io = json.loads((out / "io.json").read_text())  # the compile stage copies it from the rewrite
+    session = {"graphs": graphs, "io": io, "options": {"intra_op_num_threads": 0},
                "weights": data_files(out), "validation_target": "onnx",
                "note": "the ONNX handed to the AI 100 compiler, run by ONNX Runtime; qpc/ is the device program"}
     (out / SESSION).write_text(json.dumps(session, indent=2, sort_keys=True) + "\n")

@@ -54,7 +54,7 @@ def resolved_config(params: PackageParams) -> dict[str, Any]:
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
-               materialize=True, code=("passes.files", "passes.qpc_package"), needs=Needs(modules=("onnxruntime", "transformers")))
+               materialize=True, code=("passes.files", "passes.qpc_package", "passes.specializations"), needs=Needs(modules=("onnxruntime", "transformers")))
 def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict[str, Any]:
     import json
     from importlib import metadata

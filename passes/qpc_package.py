@@ -10,17 +10,17 @@ QCONFIG = "qconfig.json"
 SESSION = "session.json"
 
 
-def specialization_shapes(specs: list[Mapping[str, Any]]) -> list[dict[str, int]]:
-    """Flat or named specializations.json entries -> [{symbol: int}]."""
-    return [{k: int(v) for k, v in (s.get("symbols", s)).items()} for s in specs]
-
-
 def write_onnx_session(out: Path) -> None:
-    """session.json running model.onnx (dynamic shapes) once per specialization, on the CPU."""
-    specs = json.loads((out / "specializations.json").read_text())["specializations"]
-    graphs = [{"file": "model.onnx", "batch_size": s["batch_size"], "seq_len": s["seq_len"],
-               "ctx_len": s["ctx_len"]} for s in specialization_shapes(specs)]
+    """session.json running model.onnx (dynamic shapes) once per specialization, on the CPU.
+
+    Graph entries carry every symbol of their specialization, as compile_ort's do (the
+    runtime reads full_batch_size and num_logits_to_keep from them).
+    """
     from passes.onnx_files import data_files
+    from passes.specializations import from_json
+
+    shapes = from_json(json.loads((out / "specializations.json").read_text()))
+    graphs = [{"file": "model.onnx", **shape} for shape in shapes]
 
     io = json.loads((out / "io.json").read_text())  # the compile stage copies it from the rewrite
     session = {"graphs": graphs, "io": io, "options": {"intra_op_num_threads": 0},

@@ -24,7 +24,7 @@ The single entry of prefill_seq_len 1 is ``Decode``.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 FORMATS = ("flat", "named")
 
@@ -122,6 +122,11 @@ def to_json(specs: list[dict[str, int]], form: str = "flat") -> dict[str, Any]:
     if form == "flat":
         return {"specializations": flat}
     return {"specializations": [{"name": n, "symbols": s} for n, s in zip(names(specs), flat)]}
+
+
+def from_json(data: Mapping[str, Any]) -> list[dict[str, int]]:
+    """The inverse of ``to_json``: flat or named specializations.json content -> [{symbol: int}]."""
+    return [{k: int(v) for k, v in entry.get("symbols", entry).items()} for entry in data["specializations"]]
 
 
 def _show(value: Any) -> str:

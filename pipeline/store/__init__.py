@@ -25,7 +25,7 @@ from typing import Any, Callable
 from pipeline.store.digests import DigestMemo, tree_digest, tree_files
 
 READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
-READ_ONLY_DIR = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+READ_EXECUTE = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH  # folders, and executable files
 # A file's id in cas/ is its content digest, plus this suffix when it is executable (a
 # script like compile.sh): the mode is part of what is stored, so it survives the store.
 EXEC_SUFFIX = ".x"
@@ -144,7 +144,7 @@ class Store:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.link(self.blob_path(d), staging / rel)
             for dirpath, _dirs, _files in os.walk(staging, topdown=False):
-                os.chmod(dirpath, READ_ONLY_DIR)
+                os.chmod(dirpath, READ_EXECUTE)
             if tree.exists():  # damaged: set aside, never served
                 remove_tree(tree)
             tree.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ class Store:
 
     def _put_blob(self, src: Path, file_id: str) -> None:
         blob = self.blob_path(file_id)
-        mode = READ_ONLY_DIR if file_id.endswith(EXEC_SUFFIX) else READ_ONLY_FILE
+        mode = READ_EXECUTE if file_id.endswith(EXEC_SUFFIX) else READ_ONLY_FILE
         if blob.exists():
             try:
                 if self.memo.file(blob) == content_digest(file_id):

@@ -1,4 +1,12 @@
-"""The passes: importing this package registers every pass (cheaply: no heavy imports)."""
-from passes import load, reference  # noqa: F401,E402
-from passes import compile_ai100, compile_ort, export, package, rewrites, validate  # noqa: F401,E402
-from passes.transforms import static_kv  # noqa: F401,E402
+"""The passes. Each registers itself under a name (``pipeline.passes`` entry points in pyproject.toml).
+
+    load/         any model source -> an HF checkpoint folder; cheap model facts
+    transforms/   PyTorch module transforms (static KV cache)
+    export.py     the module to ONNX with its IO signature
+    rewrites/     ONNX graph rewrites
+    targets/      one folder per target (ort, ai100): its hw schema and compile pass;
+                  specializations.py plans the compiled shapes for both
+    package.py    program + tokenizer + manifest (the runtime's package format)
+    reference.py, validate.py   the original model's tokens, and the package checked against them
+    lib/          files and ONNX graph folders, shared by the passes above
+"""

@@ -1,4 +1,8 @@
-"""Pass `export`: the static-KV module to ONNX (model.onnx + external weights + io.json)."""
+"""Pass `export`: the static-KV module to ONNX (model.onnx + external weights + io.json, its IO signature).
+
+The export names the graph's inputs and outputs (the AI 100 convention) and gives each its
+role in the signature; every later reader goes by role.
+"""
 from __future__ import annotations
 
 import tempfile
@@ -7,6 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from runtime import package_format as fmt
+from runtime.package_format import KV_KINDS
 
 # Tracing shapes: fixed, so the graph depends only on the model and the params. Distinct
 # odd sizes keep the tracer from confusing one axis with another; batch > 1 keeps dynamo
@@ -28,9 +34,26 @@ class ExportParams:
 def io_names(num_layers: int, batch_index: bool = False,
              num_logits_to_keep: bool = False) -> tuple[list[str], list[str]]:
     """Graph input and output names (the AI 100 retained-state convention)."""
-    past = [f"past_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
+    past = [f"past_{kv}.{i}" for i in range(num_layers) for kv in KV_KINDS]
     extra = ["batch_index"] * batch_index + ["num_logits_to_keep"] * num_logits_to_keep
     return ["input_ids", "position_ids", *past, *extra], ["logits", *(f"{n}_RetainedState" for n in past)]
+
+
+def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[str, str],
+              dims: Mapping[str, int], batch_index: bool = False, num_logits_to_keep: bool = False) -> fmt.Signature:
+    """The graph's IO signature: the names io_names gives, each with its role."""
+    roles = {"input_ids": fmt.TOKEN_IDS, "position_ids": fmt.POSITIONS, "batch_index": fmt.BATCH_INDEX,
+             "num_logits_to_keep": fmt.LOGITS_TO_KEEP, "logits": fmt.LOGITS}
+
+    def value(name: str) -> fmt.IoValue:
+        if name.startswith("past_"):
+            kv, layer = name.removeprefix("past_").removesuffix("_RetainedState").split(".")
+            role = fmt.RETAINED_KV if name.endswith("_RetainedState") else fmt.PAST_KV
+            return fmt.IoValue(name, role, dtypes[name], tuple(shapes[name]), int(layer), kv)
+        return fmt.IoValue(name, roles[name], dtypes[name], tuple(shapes[name]))
+
+    names_in, names_out = io_names(num_layers, batch_index, num_logits_to_keep)
+    return fmt.Signature(tuple(map(value, names_in)), tuple(map(value, names_out)), dict(dims))
 
 
 def dynamic_axes(num_layers: int, batch_index: bool = False,
@@ -80,14 +103,13 @@ def variants(model: Any, params: ExportParams) -> dict[str, bool]:
 
 
 @register_pass("export", params=ExportParams, deps=("torch", "onnx", "onnxscript", "onnx_ir"),
-               materialize=True, code=("passes.onnx_files",),
-               needs=Needs(modules=("torch", "onnx", "onnxscript"), weight_copies=1))
+               materialize=True, needs=Needs(modules=("torch", "onnx", "onnxscript"), weight_copies=1))
 def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[str, Any]:
     import onnx
     import onnx_ir as ir
     import torch
 
-    from passes import onnx_files
+    from passes.lib import onnx_files
 
     model = inputs["model"]
     args = example_inputs(model)
@@ -112,12 +134,15 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     if opset != params.opset:
         raise RuntimeError(f"export: asked for opset {params.opset}, the exporter produced {opset}")
     onnx_files.save_ir(ir_model, out)
-    onnx_files.write_json(out / onnx_files.IO, onnx_files.io_spec(ir_model, dims, axes))
+    shapes, dtypes = onnx_files.io_shapes(ir_model)
+    fmt.write_signature(out, signature(model.num_layers, shapes, dtypes, dims, **extra))
     return {"nodes": len(proto.graph.node), "exporter": "dynamo" if params.dynamo else "torchscript"}
 
 
 @hook("export", "check")
-def check(params: ExportParams) -> None:
+def check(params: ExportParams, facts: Any = None) -> None:
+    if params.opset not in range(14, 22):
+        raise UserError(f"export.opset: {params.opset!r} is not allowed; allowed: 14..21")
     if params.dynamo and params.opset < 18:
         raise UserError(f"export.opset: {params.opset} is not allowed with export.dynamo=true; "
                         "allowed: 18..21 (the dynamo exporter emits opset 18 and cannot convert down)")

@@ -1,15 +1,18 @@
-"""Pass `package`: program files + tokenizer + manifest.json (digests, resolved config, versions)."""
+"""Pass `package`: program files + tokenizer + manifest.json, in the runtime's package format.
+
+The manifest (runtime.package_format.Manifest) holds the program as the compile stage
+described it (signature, specializations with roles, backend files), the model's identity,
+the settings it was built with, library versions and every file's sha256.
+"""
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pipeline.pass_api import Needs, cfg_field, register_pass
 
-MANIFEST = "manifest.json"
-TOKENIZER_DIR = "tokenizer"
 # What a runtime needs from the checkpoint: configuration and tokenizer, never the weights.
 CHECKPOINT_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -24,73 +27,45 @@ class PackageParams:
     model_name: str = cfg_field("model.name", "")
     model_source: str = cfg_field("model.source", "")
     model_hf_id: Optional[str] = cfg_field("model.hf_id", None)
-    target: str = cfg_field("hw.target", "cpu")
-    num_cores: int = cfg_field("hw.num_cores", 2)
-    num_devices: int = cfg_field("hw.num_devices", 1)
-    hw_version: str = cfg_field("hw.hw_version", "ai100")
-    mxfp6_matmul: bool = cfg_field("hw.mxfp6_matmul", False)
-    kv_cache_dtype: str = cfg_field("hw.kv_cache_dtype", "float16")
     export_dynamo: bool = cfg_field("export.dynamo", False)
     export_opset: int = cfg_field("export.opset", 17)
     rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
-    batch_size: int = cfg_field("compile.batch_size", 1)
-    prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
-    ctx_len: int = cfg_field("compile.ctx_len", 256)
-    full_batch_size: Optional[int] = cfg_field("compile.full_batch_size", None)
-    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
-
-
-def resolved_config(params: PackageParams) -> dict[str, Any]:
-    """The params back under their config paths (no local paths: the manifest must be portable)."""
-    from dataclasses import fields
-
-    p = asdict(params)
-    nested: dict[str, Any] = {}
-    for f in fields(params):
-        group, key = f.metadata["cfg"].split(".", 1)
-        value = p[f.name]
-        nested.setdefault(group, {})[key] = list(value) if isinstance(value, tuple) else value
-    return nested
+    kind: str = "causal_lm"
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
-               materialize=True, code=("passes.files", "passes.qpc_package", "passes.specializations"), needs=Needs(modules=("onnxruntime", "transformers")))
+               materialize=True, needs=Needs(modules=("onnxruntime", "transformers")), provides="package")
 def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict[str, Any]:
-    import json
     from importlib import metadata
 
-    from passes.files import link_or_copy, sha256
+    from passes.lib.files import copy_tree, link_or_copy
+    from runtime import package_format as fmt
 
-    program, checkpoint = Path(inputs["program"]), Path(inputs["checkpoint"])
-    for src in sorted(p for p in program.rglob("*") if p.is_file()):
-        link_or_copy(src, out / src.relative_to(program))
+    compiled, checkpoint = Path(inputs["program"]), Path(inputs["checkpoint"])
+    program = fmt.read_program(compiled)
+    copy_tree(compiled, out)
+    (out / fmt.PROGRAM).unlink()  # the manifest holds it
     copied = []
     for src in sorted(p for p in checkpoint.iterdir() if p.is_file()):
         if any(fnmatch.fnmatch(src.name, pattern) for pattern in CHECKPOINT_FILES):
-            link_or_copy(src, out / TOKENIZER_DIR / src.name)
+            link_or_copy(src, out / fmt.TOKENIZER_DIR / src.name)
             copied.append(src.name)
     if "config.json" not in copied:
         raise RuntimeError(f"package: the checkpoint has no config.json (files: {sorted(p.name for p in checkpoint.iterdir())})")
-    _check_tokenizer(out / TOKENIZER_DIR)
-    if params.target == "ai100":
-        from passes.qpc_package import write_onnx_session, write_qconfig
+    _check_tokenizer(out / fmt.TOKENIZER_DIR)
+    if program.backend == fmt.QAIC:
+        from passes.targets.ai100.package import write_qconfig
 
-        write_onnx_session(out)
-        write_qconfig(out, checkpoint, resolved_config(params))
+        write_qconfig(out, checkpoint, program, params.rewrite_rules)
 
-    files = {p.relative_to(out).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(out.rglob("*")) if p.is_file()}
-    specs = json.loads((out / "specializations.json").read_text())["specializations"]
-    manifest = {
-        "format": 1,
-        "config": resolved_config(params),
-        "specializations": specs,
-        "versions": {name: metadata.version(name) for name in VERSIONED},
-        "files": files,
-        "runtime": "python -m runtime <this dir> --prompt ...",
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return {"files": len(files), "bytes": sum(f["bytes"] for f in files.values())}
+    model = {"name": params.model_name, "source": params.model_source, "hf_id": params.model_hf_id}
+    config = {"model": model, "export": {"dynamo": params.export_dynamo, "opset": params.export_opset},
+              "rewrite": {"rules": list(params.rewrite_rules)}, **program.build}
+    manifest = fmt.Manifest(
+        kind=params.kind, model=model, target=program.build.get("hw", {}).get("target", "?"), program=program,
+        config=config, versions={name: metadata.version(name) for name in VERSIONED}, files=fmt.file_entries(out))
+    fmt.write_manifest(out, manifest)
+    return {"files": len(manifest.files), "bytes": sum(f["bytes"] for f in manifest.files.values())}
 
 
 def _check_tokenizer(folder: Path) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, cfg_field, register_pass
+from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,11 @@ def _new_text(tokenizer: Any, prompt_ids: list[int], tokens: list[int]) -> str:
     prefix = tokenizer.decode(prompt_ids)
     full = tokenizer.decode(list(prompt_ids) + tokens)
     return full[len(prefix):] if full.startswith(prefix) else tokenizer.decode(tokens)
+
+
+@hook("reference", "check")
+def check(params: ReferenceParams, facts: Any = None) -> None:
+    if not params.prompt:
+        raise UserError(f"validate.prompt: {params.prompt!r} is not allowed; allowed: a non-empty string")
+    if not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 1:
+        raise UserError(f"validate.max_new_tokens: {params.max_new_tokens!r} is not allowed; allowed: an integer >= 1")

@@ -1,8 +1,9 @@
 """Pass `validate`: run the package through runtime/ and compare greedy tokens with the reference.
 
-For an AI 100 package: where the Platform SDK's qaicrt is importable, the QPC itself runs
-on the device (``validation.target`` "qpc"); elsewhere ONNX Runtime runs the exact ONNX
-handed to the compiler ("onnx"). Which of the two enters the key (the ``runner`` param).
+A hard gate: the package's tokens must equal the reference's (exit 1 otherwise). For an AI 100
+package: where the Platform SDK's qaicrt is importable, the QPC itself runs on the device
+(``validation.target`` "qpc"); elsewhere ONNX Runtime runs the exact ONNX handed to the
+compiler ("onnx"). Which of the two enters the key (the ``runner`` param).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, StageFailure, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, hook, register_pass
 
 VALIDATION = "validation.json"
 
@@ -19,19 +20,20 @@ VALIDATION = "validation.json"
 class ValidateParams:
     prompt: str = cfg_field("validate.prompt", "The capital of France is")
     max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
+    ctx_len: int = cfg_field("compile.ctx_len", 256, kind="note")  # checked against, read from the package
     runner: str = ""  # filled by the resolve hook: "qaicrt" where the AI 100 runtime is importable
 
 
 # transformers: the runtime tokenizes with it, so its version can change the ids.
 @register_pass("validate", params=ValidateParams, deps=("onnxruntime", "transformers"), materialize=True,
-               code=("runtime",), needs=Needs(modules=("onnxruntime", "transformers")))
+               needs=Needs(modules=("onnxruntime", "transformers")), provides="validation")
 def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> dict[str, Any]:
     import json
 
     import numpy as np
 
     from runtime.generate import generate
-    from runtime.ort_session import Session
+    from runtime.sessions import open_session
     from runtime.tokenizer import load_tokenizer
 
     package, reference = Path(inputs["package"]), Path(inputs["reference"])
@@ -48,14 +50,11 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
         raise StageFailure(f"validate: the package's tokenizer gives prompt ids {list(ids)[:16]}, "
                            f"the reference {ref['prompt_ids'][:16]}", result=result)
 
-    session = Session(package)
-    # A CPU package runs itself; an AI 100 package, where no device is, runs the exact ONNX
-    # handed to the compiler (its session.json says so).
-    result["target"] = session.config.get("validation_target", "package")
-    if result["target"] == "onnx" and params.runner == "qaicrt" and (package / "qpc" / "programqpc.bin").is_file():
-        from runtime.qaic_session import AI100Session
-
-        session, result["target"] = AI100Session(package), "qpc"
+    # A CPU package runs itself; an AI 100 package runs its QPC where qaicrt is, else the
+    # exact ONNX handed to the compiler (the program's validation target).
+    device = "ai100" if params.runner == "qaicrt" and (package / "qpc" / "programqpc.bin").is_file() else "cpu"
+    session = open_session(package, device=device)
+    result["target"] = "qpc" if device == "ai100" else session.program.validation_target
     gen = generate(session, ids, params.max_new_tokens)
     tokens, logits = gen.tokens[0], gen.logits[0]
     ref_tokens = ref["tokens"]
@@ -80,12 +79,22 @@ def _write(out: Path, result: dict[str, Any], details: dict[str, Any]) -> None:
     (out / VALIDATION).write_text(json.dumps({**result, **details}, indent=2, sort_keys=True) + "\n")
 
 
+@hook("validate", "check")
+def check(params: ValidateParams, facts: Any = None) -> None:
+    if not params.prompt:
+        raise UserError(f"validate.prompt: {params.prompt!r} is not allowed; allowed: a non-empty string")
+    if not isinstance(params.max_new_tokens, int) or not 1 <= params.max_new_tokens < params.ctx_len:
+        raise UserError(f"validate.max_new_tokens: {params.max_new_tokens!r} is not allowed; "
+                        f"allowed: 1..{params.ctx_len - 1} (below compile.ctx_len)")
+
+
 @hook("validate", "resolve")
 def resolve(params: ValidateParams) -> ValidateParams:
     """Which runtime will run an AI 100 package here (cheap: nothing is imported)."""
     import dataclasses
     import importlib.util
 
-    sdk = Path("/opt/qti-aic/dev/lib/x86_64")  # runtime.qaic_session.SDK_PYTHON
-    found = importlib.util.find_spec("qaicrt") is not None or any(sdk.glob("qaicrt*"))
+    from passes.targets.ai100.sdk import SDK_PYTHON
+
+    found = importlib.util.find_spec("qaicrt") is not None or any(SDK_PYTHON.glob("qaicrt*"))
     return dataclasses.replace(params, runner="qaicrt" if found else "onnxruntime")

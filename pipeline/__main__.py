@@ -1,6 +1,7 @@
 """``python -m pipeline [overrides]``: build a model for a target (``-m`` sweeps with Hydra).
 
-Exit codes: 0 success; 1 a stage failed (a validation mismatch included); 2 bad input.
+Exit codes, for a run and for a sweep (its worst job), under any Hydra launcher: 0 success;
+1 a stage failed (a validation mismatch included); 2 bad input.
 """
 from __future__ import annotations
 
@@ -8,79 +9,95 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.config import register
-from pipeline.overrides import precheck_overrides, replace_dicts, rewrite_argv
+from pipeline.overrides import replace_dicts, rewrite_argv
+from pipeline.precheck import precheck_overrides
 from pipeline.pass_api import UserError
 
 register()
-_exit_codes: list[int] = []
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from pipeline.api import build
-    from pipeline.graph import build_graph, mermaid
-    from pipeline.plan import load_passes
-
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """One job: build, print, write summary.json (with its exit code) and return the summary."""
     logging.getLogger().setLevel(logging.WARNING)  # libraries stay quiet; stages print progress
     logging.getLogger("hydra").setLevel(logging.INFO)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     replace_dicts(cfg, hydra_cfg.overrides.task)
     if cfg.pipeline.show_graph:
-        try:
-            load_passes()
-            from omegaconf import OmegaConf
-
-            print(mermaid(build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))))
-        except UserError as exc:
-            _fail(run_dir, 2, str(exc))
-        return
-    summary: dict = {"stages": [], "validation": None, "package": None}
+        return _show_graph(cfg, run_dir)
+    summary: dict[str, Any] = {"stages": [], "validation": None, "package": None}
     started = time.perf_counter()
     try:
+        from pipeline.api import build
+
         result = build(cfg, echo=lambda line: print(line, flush=True), run_dir=run_dir)
     except UserError as exc:
-        _fail(run_dir, 2, str(exc), summary)
-        return
-    summary = result.summary()
+        return _fail(run_dir, 2, str(exc), summary)
+    except Exception as exc:  # noqa: BLE001 - a bug or an environment failure outside any stage
+        (run_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text("".join(traceback.format_exception(exc)))
+        return _fail(run_dir, 1, f"{type(exc).__name__}: {exc} (traceback: {run_dir / 'error.txt'})", summary)
+    summary = {**result.summary(), "exit_code": 0 if result.ok else 1}
     _write_summary(run_dir, summary)
-    v = result.validation
-    if v:
+    for role, v in result.validations.items():
         verdict = "passed" if v.get("passed") else "FAILED"
-        print(f"validation: {verdict} (target {v.get('target')}: {v.get('tokens_compared')} tokens compared, "
+        print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('tokens_compared')} tokens compared, "
               f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e})")
-    if result.package:
-        print(f"package: {result.package}")
+    for role, path in result.packages.items():
+        print(f"package{_of(role)}: {path}")
     counts = {s: sum(1 for x in result.stages if x.status == s) for s in ("ran", "cached", "failed")}
     print(f"summary: {run_dir / 'summary.json'} ({counts['ran']} ran, {counts['cached']} cached, "
           f"{counts['failed']} failed; {time.perf_counter() - started:.1f} s)")
-    _exit_codes.append(0 if result.ok else 1)
+    return summary
 
 
-def _fail(run_dir: Path, code: int, message: str, summary: dict | None = None) -> None:
+def _of(role: str) -> str:
+    return "" if role == "model" else f" ({role})"
+
+
+def _show_graph(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from pipeline.graph import build_graph, mermaid
+
+    try:
+        print(mermaid(build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))))
+    except UserError as exc:
+        return _fail(run_dir, 2, str(exc), {})
+    summary = {"graph": True, "exit_code": 0}
+    _write_summary(run_dir, summary)
+    return summary
+
+
+def _fail(run_dir: Path, code: int, message: str, summary: dict[str, Any]) -> dict[str, Any]:
     print(f"error: {message}", file=sys.stderr, flush=True)
-    if summary is not None:
-        _write_summary(run_dir, {**summary, "error": message})
-    _exit_codes.append(code)
+    summary = {**summary, "error": message, "exit_code": code}
+    _write_summary(run_dir, summary)
+    return summary
 
 
-def _write_summary(run_dir: Path, summary: dict) -> None:
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
+    from pipeline.callbacks import exit_code
+
     problem = precheck_overrides(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = rewrite_argv(sys.argv[1:])
     main()
-    sys.exit(max(_exit_codes, default=0))
+    sys.exit(exit_code())

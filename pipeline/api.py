@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline.config import CONF_DIR, register
 from pipeline.executor import BuildResult, Executor
+from pipeline.instruments import Instrument, default_instruments
 from pipeline.plan import check_preconditions, prepare
 
 
@@ -23,9 +24,14 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
     return cfg
 
 
-def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = None) -> BuildResult:
-    """Build every stage of ``cfg``; raises pipeline.pass_api.UserError on bad input (nothing run)."""
+def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = None,
+          instruments: Sequence[Instrument] = ()) -> BuildResult:
+    """Build every stage of ``cfg``; raises pipeline.pass_api.UserError on bad input (nothing run).
+
+    Around each pass run the default instruments (progress lines through ``echo``, time and
+    memory, the test fault hook, ``pipeline.force``), then ``instruments``.
+    """
     plan = prepare(cfg)
-    executor = Executor(plan, echo=echo, run_dir=run_dir)
+    executor = Executor(plan, [*default_instruments(plan.force, echo), *instruments], run_dir=run_dir)
     check_preconditions(plan, executor.may_run())
     return executor.run()

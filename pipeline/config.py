@@ -1,8 +1,10 @@
-"""The configuration schema: structured configs for every top-level node, and their checks.
+"""The configuration schema: structured configs for the top-level nodes, registered with Hydra.
 
-The dataclasses give Hydra types (a wrong type is caught on composition); ``check_config``
-adds ranges and cross-field rules, each failure one line naming key, value and what is
-allowed. Presets live in ``conf/``.
+The dataclasses give Hydra types (a wrong type is caught on composition). Each target's hw
+schema lives with its target (``pipeline.targets`` entry points: passes/targets/*/compile.py)
+and is registered here as ``hw_schema/<target>``, which the hw presets extend. Ranges and
+cross-field rules are the passes' ``check`` hooks, each failure one line naming key, value
+and what is allowed. Presets live in ``conf/``.
 """
 from __future__ import annotations
 
@@ -20,8 +22,7 @@ from omegaconf import MISSING, OmegaConf
 from pipeline.pass_api import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-SOURCES = ("hub", "local", "gguf", "random")
-TARGETS = ("cpu", "ai100")
+MODEL_ROLES = ("model", "draft_model")  # config groups with the same presets (conf/draft_model -> model)
 
 
 @dataclass
@@ -35,24 +36,6 @@ class ModelConfig:
     tokenizer: Optional[str] = None   # folder or GGUF file; null: the model's own
     seed: int = 0                     # source=random
     dtype: str = "float32"
-
-
-@dataclass
-class HwConfig:
-    target: str = "cpu"                    # cpu (ONNX Runtime) | ai100 (Cloud AI 100 SDK)
-    compile_pass: str = "compile_ort"      # the pass that builds the program for this target
-    num_cores: int = 2                     # cpu: intra-op threads; ai100: cores per device
-    compiler: Optional[str] = None         # ai100: path; null: qaic-compile, then qaic-exec, in /opt/qti-aic/exec
-    num_devices: int = 1
-    hw_version: str = "ai100"              # -aic-hw-version
-    mxfp6_matmul: bool = False
-    kv_cache_dtype: str = "float16"        # float16 | mxint8 | bfloat16
-    mos: Optional[int] = None
-    ols: Optional[int] = None
-    aic_enable_depth_first: bool = False
-    specialization_format: str = "flat"    # flat | named
-    extra_options: Dict[str, Any] = field(default_factory=dict)  # some_option: True -> -some-option
-    compile_timeout_s: Optional[float] = None  # none: real compiles take hours
 
 
 @dataclass
@@ -85,6 +68,7 @@ class ValidateConfig:
 @dataclass
 class StoreConfig:
     root: str = "artifacts"
+    memo: Optional[str] = None  # the local digest memo; null: in the store, or ~/.cache when the store is on NFS
 
 
 @dataclass
@@ -97,7 +81,8 @@ class PipelineConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    hw: HwConfig = field(default_factory=HwConfig)
+    draft_model: Optional[ModelConfig] = None  # a second model (pipeline=causal_lm_draft), same presets as model
+    hw: Any = MISSING                           # the target's schema (hw_schema/<target>), via its preset
     export: ExportConfig = field(default_factory=ExportConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
@@ -118,53 +103,23 @@ _RUN_ID = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)
 
 
 def register() -> None:
-    """Register the schema and resolvers (idempotent)."""
+    """Register the schemas (the engine's and every target's hw schema) and resolvers (idempotent)."""
+    from pipeline.discovery import target_schemas
+
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    for target, schema in target_schemas().items():
+        cs.store(group="hw_schema", name=target, node=schema)
     if not OmegaConf.has_resolver("package_file"):
         OmegaConf.register_new_resolver("package_file", _package_file)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
 
 
-def _bad(key: str, value: Any, allowed: str) -> UserError:
-    return UserError(f"{key}: {value!r} is not allowed; {allowed}")
+def check_config(cfg: Any) -> None:
+    """What no pass checks: the target is one that is installed."""
+    from pipeline.discovery import target_schemas
 
-
-def check_config(cfg: Any, max_positions: int | None = None) -> None:
-    """Ranges and cross-field rules. ``max_positions``: the model's limit, when known."""
-    m, c = cfg.model, cfg.compile
-    if m.source not in SOURCES:
-        raise _bad("model.source", m.source, f"allowed: {' | '.join(SOURCES)}")
-    if m.source == "hub" and not m.hf_id:
-        raise _bad("model.hf_id", m.hf_id, "source=hub needs a hub id like org/name")
-    if m.source in ("local", "gguf") and not m.path:
-        raise _bad("model.path", m.path, f"source={m.source} needs a path")
-    if m.source == "random" and not m.hf_config:
-        raise _bad("model.hf_config", m.hf_config, "source=random needs an inline HF config with model_type")
-    if m.source == "random" and "model_type" not in m.hf_config:
-        raise _bad("model.hf_config", OmegaConf.to_container(m.hf_config), "it must name model_type")
-    if m.dtype not in ("float32",):
-        raise _bad("model.dtype", m.dtype, "allowed: float32")
-    if cfg.hw.target not in TARGETS:
-        raise _bad("hw.target", cfg.hw.target, f"allowed: {' | '.join(TARGETS)}")
-    if not 1 <= cfg.hw.num_cores <= 4096:
-        raise _bad("hw.num_cores", cfg.hw.num_cores, "allowed: an integer >= 1")
-    if cfg.export.opset not in range(14, 22):
-        raise _bad("export.opset", cfg.export.opset, "allowed: 14..21")
-    if not 1 <= c.batch_size <= 1024:
-        raise _bad("compile.batch_size", c.batch_size, "allowed: 1..1024")
-    if not 1 <= c.ctx_len:
-        raise _bad("compile.ctx_len", c.ctx_len, "allowed: an integer >= 1")
-    if max_positions is not None and c.ctx_len > max_positions:
-        raise _bad("compile.ctx_len", c.ctx_len, f"allowed: 1..{max_positions} (the model's max positions)")
-    if not 1 <= c.prefill_seq_len <= c.ctx_len:
-        raise _bad("compile.prefill_seq_len", c.prefill_seq_len, f"allowed: 1..{c.ctx_len} (compile.ctx_len)")
-    if not 1 <= cfg.validate.max_new_tokens < c.ctx_len:
-        raise _bad("validate.max_new_tokens", cfg.validate.max_new_tokens, f"allowed: 1..{c.ctx_len - 1}")
-    # compile.full_batch_size and compile.num_speculative_tokens: checked by the compile
-    # passes' hooks through passes.specializations.plan, the one place that reads them.
-    if cfg.hw.num_devices < 1:
-        raise _bad("hw.num_devices", cfg.hw.num_devices, "allowed: an integer >= 1")
-    if not cfg.validate.prompt:
-        raise _bad("validate.prompt", cfg.validate.prompt, "allowed: a non-empty string")
+    targets = sorted(target_schemas())
+    if cfg.hw.target not in targets:
+        raise UserError(f"hw.target: {cfg.hw.target!r} is not allowed; allowed: {' | '.join(targets)}")

@@ -2,20 +2,22 @@
 
 A stage's key needs only its inputs' digests. A hit takes the digest from the action record
 and runs nothing; a miss asks for its inputs' values (a tree on disk, or an in-memory value
-computed on demand, once per process), runs the pass, stores the output and writes the
-record last. Equal output bytes give an equal digest, so downstream keys stay equal.
+computed on demand, once per process and key), runs the pass, stores the output and writes
+the record last. Equal output bytes give an equal digest, so downstream keys stay equal.
+Two stages with one key (the same model in two roles) build once. What happens around a
+pass (progress lines, timing, faults, forcing) is the instruments' business.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
-from pipeline import faults
 from pipeline.graph import Stage
-from pipeline.instruments import Measure
+from pipeline.instruments import Instrument
 from pipeline.keys import canonical_params, explain, ingredients, key_of
 from pipeline.pass_api import StageFailure, UserError
 from pipeline.plan import BuildPlan
@@ -25,19 +27,22 @@ from pipeline.store import Store, now_iso, remove_tree
 @dataclass
 class StageResult:
     name: str
+    role: str = "model"
     key: str | None = None
     status: str = "pending"  # ran | cached | failed
     seconds: float = 0.0
     digest: str | None = None
     why: str | None = None
+    note: str | None = None  # e.g. "same key as load"
     error: str | None = None
     peak_rss: int | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
-            "name": self.name, "key": self.key, "status": self.status, "seconds": round(self.seconds, 3),
-            "digest": self.digest, "why": self.why, "error": self.error, "peak_rss_bytes": self.peak_rss,
+            "name": self.name, "role": self.role, "key": self.key, "status": self.status,
+            "seconds": round(self.seconds, 3), "digest": self.digest, "why": self.why, "note": self.note,
+            "error": self.error, "peak_rss_bytes": self.peak_rss,
         }
 
 
@@ -45,12 +50,20 @@ class StageResult:
 class BuildResult:
     stages: list[StageResult]
     store_root: Path
-    package: Path | None = None
-    validation: dict[str, Any] | None = None
+    packages: dict[str, Path] = field(default_factory=dict)          # role -> package tree
+    validations: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> validation result
 
     @property
     def ok(self) -> bool:
         return all(s.status in ("ran", "cached") for s in self.stages)
+
+    @property
+    def package(self) -> Path | None:
+        return self.packages.get("model")
+
+    @property
+    def validation(self) -> dict[str, Any] | None:
+        return self.validations.get("model")
 
     def stage(self, name: str) -> StageResult:
         return next(s for s in self.stages if s.name == name)
@@ -60,22 +73,24 @@ class BuildResult:
             "stages": [s.summary() for s in self.stages if s.status != "pending"],
             "validation": self.validation,
             "package": str(self.package) if self.package else None,
+            "packages": {role: str(p) for role, p in self.packages.items()},
+            "validations": dict(self.validations),
             "store": str(self.store_root),
         }
 
 
 class Executor:
-    def __init__(self, plan: BuildPlan, echo: Callable[[str], None] = print, run_dir: Path | None = None):
+    def __init__(self, plan: BuildPlan, instruments: Sequence[Instrument] = (), run_dir: Path | None = None):
         self.plan = plan
-        self.store = Store(plan.store_root)
-        self.echo = echo
+        self.store = Store(plan.store_root, plan.memo)
+        self.instruments = list(instruments)
         self.run_dir = run_dir
-        self.results = {s.name: StageResult(s.name) for s in plan.stages}
+        self.results = {s.name: StageResult(s.name, s.role) for s in plan.stages}
         self.digests: dict[str, str] = {}
         self.ingr: dict[str, dict[str, Any]] = {}
-        self.locations: dict[str, dict[str, str]] = {}
         self.hits: dict[str, dict[str, Any] | None] = {}
-        self.values: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}      # in-memory outputs by key
+        self.ran: dict[str, str] = {}         # key -> the stage that built it in this run
 
     # ---- keys
     def _key(self, stage: Stage) -> str | None:
@@ -85,20 +100,21 @@ class Executor:
         ups = {inp: self.digests.get(up) for inp, up in stage.inputs.items()}
         if any(d is None for d in ups.values()):
             return None
-        params = self.plan.params[stage.name]
-        keyed, self.locations[stage.name] = canonical_params(params, self.store.memo)
+        keyed, _locations = canonical_params(self.plan.params[stage.name], self.store.memo)
         self.ingr[stage.name] = ingredients(stage.spec, keyed, ups)
         key = key_of(self.ingr[stage.name])
         self.results[stage.name].key = key
         return key
+
+    def _forced(self, stage: Stage) -> str | None:
+        return next((why for i in self.instruments if (why := i.force(stage))), None)
 
     def _lookup(self, stage: Stage) -> dict[str, Any] | None:
         if stage.name not in self.hits:
             key = self._key(stage)
             if key is None:
                 return None
-            forced = stage.name in self.plan.force
-            self.hits[stage.name] = None if forced else self.store.lookup(key)
+            self.hits[stage.name] = None if self._forced(stage) else self.store.lookup(key)
         return self.hits[stage.name]
 
     def _materialized(self, stage: Stage) -> bool:
@@ -108,7 +124,7 @@ class Executor:
         """'hit', 'miss' or 'unknown' (an input's digest is not known yet)."""
         if self._key(stage) is None:
             return "unknown"
-        if stage.name in self.plan.force:
+        if self._forced(stage):
             return "miss"
         if not self._materialized(stage):  # needed iff one of its own consumers misses
             states = [self._consumer_state(self.plan.by_name[c]) for c in self.plan.consumers[stage.name]]
@@ -131,11 +147,18 @@ class Executor:
             for stage in self.plan.stages:  # in-memory outputs nobody needed
                 r = self.results[stage.name]
                 if r.status == "pending" and stage.name in self.digests:
-                    r.status = "cached"
-                    self.echo(f"{stage.name}: cached")
+                    self._cached(stage)
         except _Stop:
             pass
         return self._result()
+
+    def _cached(self, stage: Stage) -> None:
+        r = self.results[stage.name]
+        r.status, r.seconds = "cached", 0.0
+        if r.key in self.ran and self.ran[r.key] != stage.name:
+            r.note = f"same key as {self.ran[r.key]}"
+        for i in self.instruments:
+            i.on_cached(stage, r)
 
     def _visit_in_memory(self, stage: Stage) -> None:
         key = self._key(stage)
@@ -145,8 +168,7 @@ class Executor:
         if state == "miss":
             self._value(stage)
         elif state == "hit":
-            self.results[stage.name].status = "cached"
-            self.echo(f"{stage.name}: cached")
+            self._cached(stage)
         # else: decided later, run on demand if a consumer misses
 
     def _visit_materialized(self, stage: Stage) -> None:
@@ -156,83 +178,99 @@ class Executor:
         rec = self._lookup(stage)
         if rec is None:
             with self.store.lock(key):
-                rec = None if stage.name in self.plan.force else self.store.lookup(key)
+                rec = None if self._forced(stage) else self.store.lookup(key)
                 if rec is None:
                     self._run(stage)
                     return
-        r.status, r.digest, r.result = "cached", rec["digest"], rec.get("result") or {}
-        r.seconds = 0.0
+        r.digest, r.result = rec["digest"], rec.get("result") or {}
         self.digests[stage.name] = rec["digest"]
-        self.echo(f"{stage.name}: cached")
+        self.store.records.note_used(stage.role, self.plan.models[stage.role], stage.name, key)
+        self._cached(stage)
 
     def _release_inputs(self, stage: Stage) -> None:
-        """Drop in-memory values (a loaded model) once every consumer has been visited."""
+        """Drop in-memory values (a loaded model) once every consumer of their stages has been visited."""
         for up in stage.inputs.values():
-            if up in self.values and all(self.results[c].status != "pending" for c in self.plan.consumers[up]):
-                del self.values[up]
+            key = self.results[up].key
+            if key not in self.values:
+                continue
+            holders = [s for s, r in self.results.items() if r.key == key]
+            if all(self.results[c].status != "pending" for h in holders for c in self.plan.consumers[h]):
+                del self.values[key]
                 gc.collect()
 
     def _value(self, stage: Stage) -> Any:
-        """The stage's output value: its tree, or its in-memory value (run on demand)."""
+        """The stage's output value: its tree, or its in-memory value (run on demand, once per key)."""
         if self._materialized(stage):
             return self.store.tree_path(self.digests[stage.name])
-        if stage.name not in self.values:
+        key = self.results[stage.name].key
+        if key not in self.values:
             self._run(stage)
-        return self.values[stage.name]
+        elif self.results[stage.name].status == "pending":  # built by another stage with this key
+            self._cached(stage)
+        return self.values[key]
 
     def _why(self, stage: Stage) -> str:
-        old = self.store.latest(self.plan.model, stage.name)
-        why = explain(old, self.ingr[stage.name], dict(stage.inputs))
-        if stage.name in self.plan.force:
-            why = "forced by pipeline.force" + ("" if old and old.get("key") == self.results[stage.name].key else f"; {why}")
-        elif not self._materialized(stage) and old and old.get("key") == self.results[stage.name].key:
-            needers = ", ".join(self.plan.consumers[stage.name])
-            why = f"in-memory output needed by {needers}"
+        r = self.results[stage.name]
+        old = self.store.records.latest(stage.role, self.plan.models[stage.role], stage.name)
+        why = explain(old, self.ingr[stage.name], dict(stage.inputs), stage.bind)
+        forced = self._forced(stage)
+        if forced:
+            why = forced + ("" if old and old.get("key") == r.key else f"; {why}")
+        elif not self._materialized(stage) and old and old.get("key") == r.key:
+            why = f"in-memory output needed by {', '.join(self.plan.consumers[stage.name])}"
         return why
+
+    def _point(self, stage: Stage, name: str) -> None:
+        for i in self.instruments:
+            i.point(stage, name)
 
     def _run(self, stage: Stage) -> None:
         r = self.results[stage.name]
         key = r.key
         r.why = self._why(stage)
         inputs = {inp: self._value(self.plan.by_name[up]) for inp, up in stage.inputs.items()}
-        self.echo(f"{stage.name}: running ({r.why})")
+        for i in self.instruments:
+            i.before_run(stage, r)
         materialized = self._materialized(stage)
         tmp = self.store.new_tmp(stage.name) if materialized else None
         out = tmp / "out" if tmp else None
         if out:
             out.mkdir()
-        measure = Measure()
         try:
-            faults.point(stage.name, "before_run")
-            with measure:
+            self._point(stage, "before_run")
+            with contextlib.ExitStack() as around:
+                for i in self.instruments:
+                    around.enter_context(i.around_run(stage, r))
                 value = stage.spec.fn(inputs, self.plan.params[stage.name], out)
-            faults.point(stage.name, "after_run")
+            self._point(stage, "after_run")
             if materialized:
-                digest, files = self.store.ingest(out, lambda p: faults.point(stage.name, p))
+                digest, files = self.store.ingest(out, lambda p: self._point(stage, p))
                 result = value if isinstance(value, dict) else {}
             else:
-                self.values[stage.name] = value
+                self.values[key] = value
                 digest, files, result = key, {}, {}
         except Exception as exc:  # noqa: BLE001 - any pass failure is reported, never cached
-            r.status, r.seconds, r.peak_rss = "failed", measure.seconds, measure.peak_rss
-            r.error = _one_line(exc)
+            r.status, r.error = "failed", _one_line(exc)
             if isinstance(exc, StageFailure):
                 r.result = exc.result
             self._keep_traceback(stage, exc)
-            self.echo(f"{stage.name}: failed [{r.seconds:.1f} s] {r.error}")
+            for i in self.instruments:
+                i.on_failed(stage, r)
             raise _Stop() from exc
         finally:
             if tmp is not None:
                 remove_tree(tmp)
-        r.status, r.digest, r.seconds, r.peak_rss, r.result = "ran", digest, measure.seconds, measure.peak_rss, result
+        r.status, r.digest, r.result = "ran", digest, result
         self.digests[stage.name] = digest
-        self.store.write_record({
-            "stage": stage.name, "pass": stage.spec.name, "model": self.plan.model, "key": key,
-            "ingredients": self.ingr[stage.name], "locations": self.locations.get(stage.name, {}),
-            "digest": digest, "materialized": materialized, "files": files, "seconds": round(r.seconds, 3),
-            "peak_rss_bytes": r.peak_rss, "created": now_iso(), "result": result, "why": r.why,
+        self.ran.setdefault(key, stage.name)
+        self.store.records.write({
+            "stage": stage.name, "pass": stage.spec.name, "role": stage.role, "model": self.plan.models[stage.role],
+            "key": key, "ingredients": self.ingr[stage.name], "digest": digest, "materialized": materialized,
+            "files": files, "seconds": round(r.seconds, 3), "peak_rss_bytes": r.peak_rss, "created": now_iso(),
+            "result": result, "why": r.why,
         })
-        self.echo(f"{stage.name}: ran ({r.why}) [{r.seconds:.1f} s, peak RSS {r.peak_rss / 2**20:.0f} MiB]")
+        for i in self.instruments:
+            i.after_run(stage, r)
 
     def _keep_traceback(self, stage: Stage, exc: BaseException) -> None:
         if self.run_dir is None:
@@ -245,10 +283,11 @@ class Executor:
         res = BuildResult([self.results[s.name] for s in self.plan.stages], self.store.root)
         for s in self.plan.stages:
             r = self.results[s.name]
-            if s.spec.name == "package" and r.status in ("ran", "cached"):
-                res.package = self.store.tree_path(r.digest)
-            if s.spec.name == "validate" and (r.result or r.status == "failed"):
-                res.validation = r.result or None
+            if s.spec.provides == "package" and r.status in ("ran", "cached"):
+                res.packages[s.role] = self.store.tree_path(r.digest)
+            if s.spec.provides == "validation" and (r.result or r.status == "failed"):
+                if r.result:
+                    res.validations[s.role] = r.result
         return res
 
 

@@ -1,12 +1,21 @@
-"""The stage graph: built from ``pipeline.stages`` with networkx, checked before anything runs."""
+"""The stage graph: built from ``pipeline.stages`` with networkx, checked before anything runs.
+
+A stage is ``{pass: <name>, inputs: {<input>: <stage>}, bind: {<root>: <config root>},
+set: {<config path>: <value>}}``. ``bind`` points the config roots its pass reads at other
+roots (``{model: draft_model}``: the draft chain of a two-model pipeline); the stage's *role*
+is the root its ``model`` is bound to. ``set`` fixes parameters for this stage alone.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import networkx as nx
 
-from pipeline.pass_api import REGISTRY, PassSpec, UserError
+from pipeline.discovery import find_pass
+from pipeline.pass_api import PassSpec, UserError
+
+STAGE_KEYS = ("pass", "inputs", "bind", "set")
 
 
 @dataclass(frozen=True)
@@ -14,6 +23,13 @@ class Stage:
     name: str
     spec: PassSpec
     inputs: dict[str, str]  # input name -> upstream stage
+    bind: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        """The config root of the model this stage builds (``model``, ``draft_model``)."""
+        return self.bind.get("model", "model")
 
 
 def build_graph(stages_cfg: Mapping[str, Any]) -> nx.DiGraph:
@@ -22,16 +38,19 @@ def build_graph(stages_cfg: Mapping[str, Any]) -> nx.DiGraph:
         raise UserError("pipeline.stages: {} is not allowed; a pipeline needs at least one stage")
     g = nx.DiGraph()
     for order, (name, body) in enumerate(stages_cfg.items()):
+        where = f"pipeline.stages.{name}"
         if not isinstance(body, Mapping) or "pass" not in body:
-            raise UserError(f"pipeline.stages.{name}: {body!r} is not allowed; give {{pass: <name>, inputs: {{...}}}}")
-        pass_name = body["pass"]
-        if pass_name not in REGISTRY:
-            raise UserError(
-                f"pipeline.stages.{name}.pass: {pass_name!r} is not a registered pass; "
-                f"allowed: {', '.join(sorted(REGISTRY))}"
-            )
-        inputs = dict(body.get("inputs") or {})
-        g.add_node(name, stage=Stage(name, REGISTRY[pass_name], inputs), order=order)
+            raise UserError(f"{where}: {body!r} is not allowed; give {{pass: <name>, inputs: {{...}}}}")
+        unknown = sorted(set(body) - set(STAGE_KEYS))
+        if unknown:
+            raise UserError(f"{where}.{unknown[0]}: not a stage key; allowed keys of a stage: {', '.join(STAGE_KEYS)}")
+        spec = find_pass(body["pass"], f"{where}.pass")
+        bind = dict(body.get("bind") or {})
+        for root, target in bind.items():
+            if not isinstance(target, str) or not target:
+                raise UserError(f"{where}.bind.{root}: {target!r} is not allowed; allowed: the name of a config root")
+        stage = Stage(name, spec, dict(body.get("inputs") or {}), bind, dict(body.get("set") or {}))
+        g.add_node(name, stage=stage, order=order)
     for name in list(g.nodes):
         for input_name, upstream in g.nodes[name]["stage"].inputs.items():
             if upstream not in g.nodes:
@@ -55,7 +74,8 @@ def stage_order(g: nx.DiGraph) -> list[Stage]:
 def mermaid(g: nx.DiGraph) -> str:
     lines = ["flowchart LR"]
     for stage in stage_order(g):
-        lines.append(f"    {stage.name}[\"{stage.name}<br/>{stage.spec.name}\"]")
+        role = "" if stage.role == "model" else f"<br/>({stage.role})"
+        lines.append(f"    {stage.name}[\"{stage.name}<br/>{stage.spec.name}{role}\"]")
     for u, v, data in g.edges(data=True):
         lines.append(f"    {u} -->|{data['input']}| {v}")
     return "\n".join(lines)

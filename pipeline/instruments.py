@@ -1,12 +1,75 @@
-"""Instruments kept out of the passes: wall time and peak resident memory of a stage."""
+"""Instruments: what happens around a pass, kept out of the passes and out of the executor's walk.
+
+In the manner of TVM's PassInstrument: the executor calls every instrument at fixed moments
+of a stage's life, and an instrument does its one thing there.
+
+    force(stage)                 a reason to rebuild though the record hits (pipeline.force), or None
+    before_run(stage, result)    the stage will run (``result.why`` says why)
+    around_run(stage, result)    a context manager around the pass call itself (timing, memory)
+    point(stage, name)           a named moment inside a run: before_run, after_run, after_blobs, after_tree
+    after_run / on_cached / on_failed(stage, result)
+
+Here: ``Progress`` (the lines a run prints), ``Measure`` (wall time and peak RSS into the
+result), ``Faults`` (the test-only kill hook), ``Force`` (pipeline.force).
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import signal
 import threading
 import time
+from typing import Any, Callable, Iterable, Iterator
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+FAULT_POINTS = ("before_run", "after_run", "after_blobs", "after_tree")
+
+
+class Instrument:
+    """Every hook does nothing; an instrument overrides the ones it needs."""
+
+    def force(self, stage: Any) -> str | None:
+        return None
+
+    def before_run(self, stage: Any, result: Any) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def around_run(self, stage: Any, result: Any) -> Iterator[None]:
+        yield
+
+    def point(self, stage: Any, name: str) -> None:
+        pass
+
+    def after_run(self, stage: Any, result: Any) -> None:
+        pass
+
+    def on_cached(self, stage: Any, result: Any) -> None:
+        pass
+
+    def on_failed(self, stage: Any, result: Any) -> None:
+        pass
+
+
+class Progress(Instrument):
+    """One line per stage event: ``<stage>: running (why)``, ``ran (why) [s, RSS]``, ``cached``, ``failed``."""
+
+    def __init__(self, echo: Callable[[str], None] = print):
+        self.echo = echo
+
+    def before_run(self, stage: Any, result: Any) -> None:
+        self.echo(f"{stage.name}: running ({result.why})")
+
+    def after_run(self, stage: Any, result: Any) -> None:
+        rss = f", peak RSS {result.peak_rss / 2**20:.0f} MiB" if result.peak_rss else ""
+        self.echo(f"{stage.name}: ran ({result.why}) [{result.seconds:.1f} s{rss}]")
+
+    def on_cached(self, stage: Any, result: Any) -> None:
+        self.echo(f"{stage.name}: cached" + (f" ({result.note})" if result.note else ""))
+
+    def on_failed(self, stage: Any, result: Any) -> None:
+        self.echo(f"{stage.name}: failed [{result.seconds:.1f} s] {result.error}")
 
 
 def rss_bytes() -> int:
@@ -17,28 +80,62 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class Measure:
-    """Times a block and samples RSS every 20 ms; ``peak_rss`` is the highest seen."""
+class Measure(Instrument):
+    """Times the pass call and samples RSS every ``interval`` s; sets ``result.seconds`` and ``result.peak_rss``."""
 
     def __init__(self, interval: float = 0.02):
         self.interval = interval
-        self.seconds = 0.0
-        self.peak_rss = 0
-        self._stop = threading.Event()
 
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, rss_bytes())
+    @contextlib.contextmanager
+    def around_run(self, stage: Any, result: Any) -> Iterator[None]:
+        stop = threading.Event()
+        peak = [rss_bytes()]
 
-    def __enter__(self) -> "Measure":
-        self.peak_rss = rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        self._t0 = time.perf_counter()
-        return self
+        def sample() -> None:
+            while not stop.wait(self.interval):
+                peak[0] = max(peak[0], rss_bytes())
 
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self._t0
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, rss_bytes())
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            result.seconds = time.perf_counter() - start
+            stop.set()
+            thread.join()
+            result.peak_rss = max(peak[0], rss_bytes())
+
+
+class Faults(Instrument):
+    """Test-only: ``PIPELINE_FAULT=<stage>:<point>`` SIGKILLs the process at that point of that stage.
+
+    Points, in the order a materialized stage passes them: ``before_run``, ``after_run`` (output
+    written in tmp/), ``after_blobs`` (files linked into cas/), ``after_tree`` (tree in place,
+    before the action record). SIGKILL, as a crash or an OOM kill would be: no cleanup runs.
+    """
+
+    def __init__(self, wanted: str | None):
+        self.wanted = wanted
+
+    @classmethod
+    def from_env(cls) -> "Faults":
+        return cls(os.environ.get("PIPELINE_FAULT") or None)
+
+    def point(self, stage: Any, name: str) -> None:
+        if self.wanted and self.wanted == f"{stage.name}:{name}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Force(Instrument):
+    """``pipeline.force``: these stages re-run even when their record hits."""
+
+    def __init__(self, stages: Iterable[str]):
+        self.stages = frozenset(stages)
+
+    def force(self, stage: Any) -> str | None:
+        return "forced by pipeline.force" if stage.name in self.stages else None
+
+
+def default_instruments(force: Iterable[str], echo: Callable[[str], None] = print) -> list[Instrument]:
+    return [Progress(echo), Measure(), Faults.from_env(), Force(force)]

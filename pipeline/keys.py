@@ -1,8 +1,9 @@
-"""Stage keys: H(pass, code fingerprint, dependency versions, canonical params, input digests).
+"""Stage keys: H(pass, code digests, dependency versions, canonical params, input digests).
 
-Everything here is computed without importing a pass's heavy libraries: source files are
-read through importlib's spec, versions through importlib.metadata. No absolute path
-enters a key: path parameters enter by the digest of their content.
+Everything here is computed without importing a pass's heavy libraries: the code is every
+project module the pass runs (pipeline.fingerprint, read from source), versions come from
+importlib.metadata. No absolute path enters a key: path parameters enter by the digest of
+their content.
 """
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import functools
 import importlib.metadata
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from pipeline.pass_api import PassSpec
-from pipeline.store.digests import DigestMemo, canonical_json, hash_bytes, hash_json
+from pipeline.fingerprint import code_digests
+from pipeline.pass_api import PassSpec, bound_path
+from pipeline.store.digests import canonical_json, hash_json
+from pipeline.store.memo import DigestMemo
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,16 +31,8 @@ def dist_version(name: str) -> str:
     return "absent"
 
 
-@functools.lru_cache(maxsize=None)
-def code_fingerprint(spec: PassSpec) -> str:
-    parts = []
-    for path in spec.source_files():
-        parts.append(f"{path.parent.name}/{path.name}\0".encode() + path.read_bytes())
-    return hash_bytes(b"\1".join(parts))
-
-
-def canonical_params(params: Any, memo: DigestMemo) -> tuple[dict[str, Any], dict[str, str]]:
-    """({config path: value} for the key, {config path: absolute location} for people)."""
+def canonical_params(params: Any, memo: DigestMemo | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """({config path: value} for the key, {config path: absolute location} for people, never recorded)."""
     keyed, locations = {}, {}
     for f in dataclasses.fields(params):
         path = f.metadata.get("cfg", f.name)
@@ -47,10 +43,8 @@ def canonical_params(params: Any, memo: DigestMemo) -> tuple[dict[str, Any], dic
         if kind == "flag":
             value = value is not None
         if kind == "path" and value is not None:
-            from pathlib import Path
-
             locations[path] = str(Path(value).absolute())
-            value = "sha256:" + memo.path(Path(value))
+            value = "sha256:" + (memo or DigestMemo(None)).path(Path(value))
         keyed[path] = value
     return json.loads(canonical_json(keyed)), locations  # tuples -> lists, as records hold them
 
@@ -58,7 +52,7 @@ def canonical_params(params: Any, memo: DigestMemo) -> tuple[dict[str, Any], dic
 def ingredients(spec: PassSpec, keyed_params: dict[str, Any], input_digests: dict[str, str]) -> dict[str, Any]:
     return {
         "pass": spec.name,
-        "code": code_fingerprint(spec),
+        "code": code_digests(spec.module),
         "deps": {d: dist_version(d) for d in spec.deps} | {"python": "%d.%d" % sys.version_info[:2]},
         "params": keyed_params,
         "inputs": dict(input_digests),
@@ -69,18 +63,29 @@ def key_of(ingr: dict[str, Any]) -> str:
     return hash_json(ingr)
 
 
-def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
-    """Why a key missed: the ingredients that differ from the latest record's, one phrase each."""
+def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str, str] | None = None,
+            bind: dict[str, str] | None = None) -> str:
+    """Why a key missed: the ingredients that differ from the latest record's, one phrase each.
+
+    Params are keyed by the pass's config paths (``model.seed``), so the same model in two
+    roles has one key; ``bind`` names them as the user sees them (``draft_model.seed``).
+    """
     if old is None:
         return "no earlier build of this stage for this model"
     old_ing = old.get("ingredients", {})
     if old.get("key") == key_of(new):
         return "output missing or damaged in the store"
+    if old_ing.get("pass") != new["pass"]:  # another pass (another target): its other ingredients do not compare
+        return f"pass: {old_ing.get('pass')} -> {new['pass']}"
     changes = []
-    if old_ing.get("pass") != new["pass"]:
-        changes.append(f"pass: {old_ing.get('pass')} -> {new['pass']}")
-    if old_ing.get("code") != new["code"]:
-        changes.append(f"code of pass {new['pass']} changed")
+    old_code, new_code = old_ing.get("code"), new["code"]
+    if old_code != new_code:
+        if isinstance(old_code, dict):
+            changed = sorted(m for m in set(old_code) | set(new_code) if old_code.get(m) != new_code.get(m))
+            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+            changes.append(f"code of pass {new['pass']} changed: {', '.join(changed[:3])}{more}")
+        else:
+            changes.append(f"code of pass {new['pass']} changed")
     for name in sorted(set(old_ing.get("deps", {})) | set(new["deps"])):
         a, b = old_ing.get("deps", {}).get(name), new["deps"].get(name)
         if a != b:
@@ -89,7 +94,7 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str,
     for name in sorted(set(old_p) | set(new_p)):
         a, b = old_p.get(name, "<unset>"), new_p.get(name, "<unset>")
         if a != b:
-            changes.append(f"{name}: {_short(a)} -> {_short(b)}")
+            changes.append(f"{bound_path(name, bind or {})}: {_short(a)} -> {_short(b)}")
     for name in sorted(set(old_ing.get("inputs", {})) | set(new["inputs"])):
         a, b = old_ing.get("inputs", {}).get(name), new["inputs"].get(name)
         if a != b:

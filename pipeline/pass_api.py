@@ -1,23 +1,32 @@
-"""The pass contract: how a pass declares its parameters, dependencies and output kind.
+"""The pass contract: how a pass declares its parameters, dependencies, output kind and hooks.
 
 A pass is a pure function ``fn(inputs, params, out)`` of its declared inputs and
 parameters. Pass modules import only the standard library and this module at top
 level (heavy libraries are imported inside the function), so the engine can
 register every pass and compute every key without loading torch or onnx.
+The code a pass runs (its module and the project modules it imports, transitively) is
+found by the engine (pipeline.fingerprint); nothing is listed by hand.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 REGISTRY: dict[str, "PassSpec"] = {}
 
 
 class UserError(Exception):
-    """Bad input: reported as one line and exit code 2, before anything runs."""
+    """Bad input: reported as one line (``<key>: <value> ... allowed: ...``) and exit code 2, before anything runs."""
+
+    def rebound(self, roots: Mapping[str, str]) -> "UserError":
+        """The same error with its leading config key moved to the stage's bound root
+        (``model.path: ...`` -> ``draft_model.path: ...``)."""
+        text = str(self)
+        for root, target in roots.items():
+            if root != target and (text.startswith(root + ".") or text.startswith(root + ":")):
+                return UserError(target + text[len(root):])
+        return self
 
 
 class StageFailure(Exception):
@@ -34,6 +43,8 @@ class StageFailure(Exception):
 def cfg_field(path: str, default: Any = dataclasses.MISSING, *, kind: str = "value") -> Any:
     """A params field bound to a config path (``"hw.num_cores"``).
 
+    The path's first part is a config *root*; a pipeline stage may bind it to another root
+    (``bind: {model: draft_model}`` reads ``model.path`` from ``draft_model.path``).
     ``kind="path"``: a local file or folder; it enters the key by content digest, never by
     its location. ``kind="flag"``: only whether it is set (not None) enters the key, for a
     pass whose output depends on that alone (a graph variant). ``kind="note"``: passed to
@@ -50,7 +61,7 @@ class Needs:
     """What a stage needs before it starts: free disk in the store, importable modules.
 
     ``weight_copies``: how many fp32 copies of the model's weights the stage may write; the
-    engine turns it into bytes from the model's parameter count.
+    engine turns it into bytes from the parameter count in its role's facts (``approx_params``).
     """
 
     disk_bytes: int = 0
@@ -66,29 +77,17 @@ class PassSpec:
     deps: tuple[str, ...]
     materialize: bool | Callable[[Any], bool]
     module: str
-    code: tuple[str, ...] = ()
-    # Optional hooks, all cheap (no heavy imports):
-    check: Callable[[Any], None] | None = None          # raise UserError on bad params
-    resolve: Callable[[Any], Any] | None = None         # params -> params (e.g. hub rev -> commit)
-    needs: Needs | Callable[[Any], Needs] | None = None  # preconditions of running
+    provides: str | None = None  # what the output is to the engine: "package", "validation" or None
+    # Optional hooks, all cheap (no heavy imports). ``facts`` is what the role's facts hook
+    # returned (the load pass: sizes and limits of the model), or None.
+    check: Callable[[Any, Any], None] | None = None        # (params, facts): raise UserError on bad params
+    resolve: Callable[[Any], Any] | None = None            # params -> params (e.g. hub rev -> commit)
+    needs: Needs | Callable[[Any, Any], Needs] | None = None  # (params, facts) -> preconditions of running
+    facts: Callable[[Any], Any] | None = None              # params -> facts about the model this stage loads
 
     def materialized(self, params: Any) -> bool:
         m = self.materialize
         return bool(m(params)) if callable(m) else bool(m)
-
-    def source_files(self) -> list[Path]:
-        """Source files whose text is the pass's code fingerprint, found without importing."""
-        files = []
-        for mod in (self.module, *self.code):
-            spec = importlib.util.find_spec(mod)
-            if spec is None or spec.origin is None:
-                raise RuntimeError(f"pass {self.name}: module {mod} not found")
-            origin = Path(spec.origin)
-            if origin.name == "__init__.py":  # a package: every module in it
-                files.extend(sorted(origin.parent.rglob("*.py")))
-            else:
-                files.append(origin)
-        return files
 
 
 def register_pass(
@@ -97,8 +96,8 @@ def register_pass(
     params: type,
     deps: tuple[str, ...] = (),
     materialize: bool | Callable[[Any], bool] = True,
-    code: tuple[str, ...] = (),
     needs: Needs | None = None,
+    provides: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(inputs: Mapping[str, Any], params, out: Path | None) -> Any``.
 
@@ -108,14 +107,14 @@ def register_pass(
       JSON-able dict that is kept in the action record as ``result``.
     - in-memory pass: ``out`` is None; the return value is the output.
     - ``deps``: distributions whose versions enter the key.
-    - ``code``: extra modules (or packages) whose source enters the code fingerprint.
     - ``needs``: what running it takes (a ``needs`` hook may compute it from the params).
+    - ``provides``: ``"package"`` or ``"validation"``, so runs can report them per model role.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in REGISTRY and REGISTRY[name].fn.__module__ != fn.__module__:
-            raise RuntimeError(f"pass {name!r} registered twice")
-        spec = PassSpec(name, fn, params, tuple(deps), materialize, fn.__module__, tuple(code), needs=needs)
+        if name in REGISTRY and REGISTRY[name].module != fn.__module__:
+            raise RuntimeError(f"pass {name!r} registered twice ({REGISTRY[name].module}, {fn.__module__})")
+        spec = PassSpec(name, fn, params, tuple(deps), materialize, fn.__module__, provides, needs=needs)
         REGISTRY[name] = spec
         fn.pass_spec = spec  # type: ignore[attr-defined]
         return fn
@@ -124,7 +123,7 @@ def register_pass(
 
 
 def hook(pass_name: str, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Attach a cheap hook (``check``, ``resolve`` or ``needs``) to a registered pass."""
+    """Attach a cheap hook (``check``, ``resolve``, ``needs`` or ``facts``) to a registered pass."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         spec = REGISTRY[pass_name]
@@ -134,18 +133,34 @@ def hook(pass_name: str, kind: str) -> Callable[[Callable[..., Any]], Callable[.
     return decorate
 
 
-def params_from_config(params_cls: type, cfg: Any) -> Any:
-    """Build a pass's frozen params from the config paths its fields are bound to."""
+def bound_path(path: str, bind: Mapping[str, str]) -> str:
+    """A field's config path with its root replaced by the stage's binding."""
+    root, _, rest = path.partition(".")
+    target = bind.get(root, root)
+    return f"{target}.{rest}" if rest else target
+
+
+def params_from_config(params_cls: type, cfg: Any, bind: Mapping[str, str] | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> Any:
+    """A pass's frozen params from the config paths its fields are bound to.
+
+    ``bind``: root -> config root for this stage; ``overrides``: config path -> value set by
+    the pipeline for this stage alone (paths as the pass writes them, before binding).
+    """
     from omegaconf import OmegaConf
 
+    bind, overrides = bind or {}, overrides or {}
     values = {}
     for f in dataclasses.fields(params_cls):
         path = f.metadata.get("cfg")
         if path is None:
             continue
-        node = OmegaConf.select(cfg, path, default=_ABSENT)
-        if node is _ABSENT:
-            continue
+        if path in overrides:
+            node = overrides[path]
+        else:
+            node = OmegaConf.select(cfg, bound_path(path, bind), default=_ABSENT)
+            if node is _ABSENT:
+                continue
         if OmegaConf.is_config(node):
             node = OmegaConf.to_container(node, resolve=True)
         values[f.name] = _freeze(node)
@@ -162,3 +177,25 @@ def _freeze(v: Any) -> Any:
 
 
 _ABSENT = object()
+
+
+def config_of(params: Any) -> dict[str, dict[str, Any]]:
+    """The params back under their config paths, ``{root: {key: value}}``, as provenance for a
+    package: notes (machine-local values like a compiler's path) and unbound fields left out."""
+    nested: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(params):
+        path, kind = f.metadata.get("cfg"), f.metadata.get("kind", "value")
+        if path is None or kind == "note" or "." not in path:
+            continue
+        root, key = path.split(".", 1)
+        value = getattr(params, f.name)
+        nested.setdefault(root, {})[key] = _thaw(value)
+    return nested
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _thaw(x) for k, x in v.items()}
+    return v

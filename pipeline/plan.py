@@ -1,5 +1,12 @@
 """From a composed config to a checked build plan: every user error is raised here, before
-anything runs or is written to the store."""
+anything runs or is written to the store.
+
+Each stage's params are read from its bound config roots; then, stage by stage in order, its
+pass's ``check`` hook sees them with the facts of the stage's model role (from the ``facts``
+hook of the role's load stage, which comes first), and ``resolve`` fills what the key needs
+(a hub commit, a compiler version). A UserError from a stage bound to another root names
+that root's key (``draft_model.path``).
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import check_config
+from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
 from pipeline.pass_api import UserError, params_from_config
 
@@ -22,18 +29,15 @@ class BuildPlan:
     consumers: dict[str, list[str]]
     params: dict[str, Any]
     force: frozenset[str]
-    model: str
+    models: dict[str, str]        # role -> model name (model.name, draft_model.name)
+    facts: dict[str, Any]         # role -> facts about its model (from the load pass's facts hook)
     store_root: Path
+    memo: str | None
     graph: Any
-    approx_params: int = 0
 
 
-def load_passes() -> None:
-    import passes  # noqa: F401  (registers every pass; cheap by contract)
-
-
-def prepare(cfg: Any) -> BuildPlan:
-    load_passes()
+def prepare(cfg: Any, resolve: bool = True) -> BuildPlan:
+    """The checked plan; ``resolve=False`` checks only (no hub lookups, no compiler discovery)."""
     check_config(cfg)
     g = build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
     stages = stage_order(g)
@@ -41,33 +45,38 @@ def prepare(cfg: Any) -> BuildPlan:
     for name in force:
         if name not in g.nodes:
             raise UserError(f"pipeline.force: {name!r} is not a stage; allowed: {', '.join(g.nodes)}")
-    params = {}
+    models: dict[str, str] = {}
     for stage in stages:
-        try:
-            p = params_from_config(stage.spec.params, cfg)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"pipeline.stages.{stage.name}: its parameters do not fit pass {stage.spec.name} ({exc})") from exc
-        if stage.spec.check:
-            stage.spec.check(p)
-        params[stage.name] = p
-    from passes.model_facts import model_facts
-
-    m = cfg.model
-    hf_config = OmegaConf.to_container(m.hf_config, resolve=True) if m.hf_config is not None else None
-    facts = model_facts(m.source, m.path, hf_config, hf_id=m.hf_id, revision=m.revision)
-    check_config(cfg, max_positions=facts.max_positions)
+        node = OmegaConf.select(cfg, stage.role, default=None)
+        if node is None:
+            presets = ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+            raise UserError(f"{stage.role}: not set; stage {stage.name} builds it; allowed: {stage.role}=<preset> ({presets})")
+        models[stage.role] = str(node.get("name", stage.role))
+    params: dict[str, Any] = {}
+    facts: dict[str, Any] = {}
     resolved: dict[tuple, Any] = {}
     for stage in stages:
-        if stage.spec.resolve:
-            ident = (stage.spec.name, repr(params[stage.name]))
-            if ident not in resolved:
-                resolved[ident] = stage.spec.resolve(params[stage.name])
-            params[stage.name] = resolved[ident]
-    consumers = {s.name: [v for v in g.successors(s.name)] for s in stages}
+        try:
+            p = params_from_config(stage.spec.params, cfg, stage.bind, stage.overrides)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"pipeline.stages.{stage.name}: its parameters do not fit pass {stage.spec.name} ({exc})") from exc
+        try:
+            if stage.spec.check:
+                stage.spec.check(p, facts.get(stage.role))
+            if stage.spec.facts and stage.role not in facts:
+                facts[stage.role] = stage.spec.facts(p)
+            if resolve and stage.spec.resolve:  # the same params resolve once (the same model in two roles)
+                ident = (stage.spec.name, repr(p))
+                if ident not in resolved:
+                    resolved[ident] = stage.spec.resolve(p)
+                p = resolved[ident]
+        except UserError as exc:
+            raise exc.rebound(stage.bind) from None
+        params[stage.name] = p
+    consumers = {s.name: list(g.successors(s.name)) for s in stages}
     return BuildPlan(
-        stages=stages, by_name={s.name: s for s in stages}, consumers=consumers, params=params,
-        force=force, model=m.name, store_root=Path(cfg.store.root).absolute(), graph=g,
-        approx_params=facts.approx_params or 0,
+        stages=stages, by_name={s.name: s for s in stages}, consumers=consumers, params=params, force=force,
+        models=models, facts=facts, store_root=Path(cfg.store.root).absolute(), memo=cfg.store.memo, graph=g,
     )
 
 
@@ -77,13 +86,15 @@ def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:
     for stage in stages:
         if stage.spec.needs is None:
             continue
+        facts = plan.facts.get(stage.role)
         needs = stage.spec.needs
         if callable(needs):
-            needs = needs(plan.params[stage.name])
+            needs = needs(plan.params[stage.name], facts)
         for mod in needs.modules:
             if importlib.util.find_spec(mod) is None:
                 raise UserError(f"{stage.name}: module {mod!r} is not installed; it is needed to run pass {stage.spec.name} (run `make setup`)")
-        need_disk += needs.disk_bytes + int(needs.weight_copies * plan.approx_params * 4)
+        weights = int(needs.weight_copies * (getattr(facts, "approx_params", None) or 0) * 4)
+        need_disk += needs.disk_bytes + weights
     probe = plan.store_root
     while not probe.exists():
         probe = probe.parent

@@ -6,7 +6,7 @@ import json
 import sys
 
 from runtime.generate import generate
-from runtime.ort_session import Session
+from runtime.sessions import open_session
 from runtime.tokenizer import load_tokenizer
 
 
@@ -26,15 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = load_tokenizer(args.package_dir)
     if args.device == "ai100":
-        from runtime.qaic_session import AI100Session
-
         try:
-            session = AI100Session(args.package_dir, [int(i) for i in args.device_ids.split(",")])
+            session = open_session(args.package_dir, "ai100", device_ids=[int(i) for i in args.device_ids.split(",")])
         except ImportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
-        session = Session(args.package_dir, num_threads=args.threads, share_weights=not args.private_weights)
+        session = open_session(args.package_dir, num_threads=args.threads, share_weights=not args.private_weights)
     ids = tokenizer(args.prompt).input_ids
     result = generate(session, ids, args.max_new_tokens)
     text = tokenizer.decode(result.tokens[0], skip_special_tokens=False)

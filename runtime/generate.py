@@ -1,11 +1,18 @@
-"""Greedy generation over a Session: chunked prefill, then a decode loop over the retained KV state."""
+"""Greedy generation over a Session: chunked prefill, then a decode loop over the retained KV state.
+
+Written against the Session protocol and the package's roles: the prefill and decode
+specializations by role, every input and output by role (runtime.package_format).
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from runtime import package_format as fmt
+from runtime.session import Session
 
 PAD_POSITION = -1
 
@@ -17,26 +24,30 @@ class Generation:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def generate(session: Any, prompts: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
+def generate(session: Session, prompts: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
     """Greedy decoding of `max_new_tokens` per prompt (no EOS stop).
 
-    `prompts`: one token list, or one per batch row (a single prompt fills every row).
+    `prompts`: one token list, or one per row of the prefill batch (a single prompt fills every row).
     """
-    rows = _rows(session, prompts)
+    program = session.program
+    prefill, decode = program.spec(fmt.PREFILL), program.decode_spec(1)
+    if prefill is None:
+        raise ValueError(f"generate: the package has no prefill specialization ({[s.name for s in program.specializations]})")
+    rows = _rows(prefill.batch_size, prompts)
     batch, lengths = len(rows), [len(r) for r in rows]
     if min(lengths) == 0:
         raise ValueError("generate: empty prompt")
     # The last cache slot takes padding writes during prefill (see the static-KV transform).
-    if max(lengths) + max_new_tokens > session.ctx_len:
+    if max(lengths) + max_new_tokens > program.ctx_len:
         raise ValueError(f"generate: prompt ({max(lengths)}) + new tokens ({max_new_tokens}) "
-                         f"exceed the context length {session.ctx_len}")
-    vocab = session.dims["vocab_size"]
+                         f"exceed the context length {program.ctx_len}")
+    vocab = program.signature.dims["vocab_size"]
     logits = np.zeros((batch, max_new_tokens, vocab), dtype=np.float32)
     tokens = np.zeros((batch, max_new_tokens), dtype=np.int64)
 
     start = time.perf_counter()
-    past = session.empty_past()
-    chunk = session.seq_lens[0]
+    kv = session.new_kv()
+    chunk = prefill.seq_len
     for first in range(0, max(lengths), chunk):
         ids = np.zeros((batch, chunk), dtype=np.int64)
         pos = np.full((batch, chunk), PAD_POSITION, dtype=np.int64)
@@ -44,18 +55,18 @@ def generate(session: Any, prompts: Sequence[int] | Sequence[Sequence[int]], max
             part = row[first:first + chunk]
             ids[r, :len(part)] = part
             pos[r, :len(part)] = np.arange(first, first + len(part))
-        out = _step(session, ids, pos, past)
+        out = step(session, prefill, ids, pos, kv)
         for r, n in enumerate(lengths):
             if first <= n - 1 < first + chunk:  # this chunk holds the row's last prompt token
-                logits[r, 0] = out["logits"][r, -1]
+                logits[r, 0] = out[r, -1]
     tokens[:, 0] = logits[:, 0].argmax(-1)
     prefill_seconds = time.perf_counter() - start
 
     decode_start = time.perf_counter()
     positions = np.array(lengths, dtype=np.int64)
     for i in range(1, max_new_tokens):
-        out = _step(session, tokens[:, i - 1: i], positions[:, None] + i - 1, past)
-        logits[:, i] = out["logits"][:, -1]
+        out = step(session, decode, tokens[:, i - 1: i], positions[:, None] + i - 1, kv)
+        logits[:, i] = out[:, -1]
         tokens[:, i] = logits[:, i].argmax(-1)
     decode_seconds = time.perf_counter() - decode_start
 
@@ -75,44 +86,38 @@ def generate(session: Any, prompts: Sequence[int] | Sequence[Sequence[int]], max
     return Generation([t.tolist() for t in tokens], logits, metrics)
 
 
-def _rows(session: Any, prompts: Sequence[Any]) -> list[list[int]]:
+def _rows(batch_size: int, prompts: Sequence[object]) -> list[list[int]]:
     if prompts and isinstance(prompts[0], (int, np.integer)):
-        prompts = [prompts] * session.batch_size
+        prompts = [prompts] * batch_size
     rows = [[int(t) for t in p] for p in prompts]
-    if len(rows) != session.batch_size:
-        raise ValueError(f"generate: {len(rows)} prompts for a package built for batch size {session.batch_size}")
+    if len(rows) != batch_size:
+        raise ValueError(f"generate: {len(rows)} prompts for a package built for batch size {batch_size}")
     return rows
 
 
-def _step(session: Any, ids: np.ndarray, pos: np.ndarray, past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One graph run; the retained-state outputs become the next step's past (updated in place)."""
+def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
+         kv: dict[str, np.ndarray]) -> np.ndarray:
+    """One run of a specialization; the retained KV outputs become the next step's past (in
+    ``kv``). Returns the logits of the given rows.
+
+    ids and pos are padded to the specialization's shape (position -1: writes no KV row or slot).
+    Continuous batching: input row r uses KV row r. Speculative target: the logits of the last
+    num_logits_to_keep valid positions come back, ``[:, -1]`` being the last one.
+    """
+    sig = session.program.signature
     rows = len(ids)
-    ids, pos = _pad_to_shape(session, ids, pos)
-    feeds = {"input_ids": ids, "position_ids": pos, **past}
-    # Graph variants: known from the graph's inputs, or from the compiled shape's symbols.
-    names = getattr(session, "input_names", ())
-    shape = next((s for s in getattr(session, "shapes", ()) if (s["batch_size"], s["seq_len"]) == ids.shape), {})
-    if "batch_index" in names or "full_batch_size" in shape:  # continuous batching: row r uses KV row r
-        feeds["batch_index"] = np.arange(len(ids), dtype=np.int64)[:, None]
-    if "num_logits_to_keep" in names or "num_logits_to_keep" in shape:
-        # Speculative target: logits of the last n valid positions; [:, -1] is the last one.
-        keep = shape.get("num_logits_to_keep", 1)
-        feeds["num_logits_to_keep"] = np.zeros((keep, 1), dtype=np.int64)
-    out = session.run(feeds)
-    for name in past:
-        past[name] = out[f"{name}_RetainedState"]
-    return {**out, "logits": out["logits"][:rows]}
-
-
-def _pad_to_shape(session: Any, ids: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pad to the smallest compiled shape that holds [rows, seq] when none is exact: variant
-    packages decode with seq_len K+1 (speculative) or batch full_batch_size (continuous
-    batching). Padding has position -1, so it changes no KV row or slot."""
-    shapes = {(shape["batch_size"], shape["seq_len"]) for shape in getattr(session, "shapes", ())}
-    b, s = ids.shape
-    fits = [(bb, ss) for bb, ss in shapes if bb >= b and ss >= s]
-    if (b, s) in shapes or not fits:
-        return ids, pos
-    to_b, to_s = min(fits)
-    pad = ((0, to_b - b), (0, to_s - s))
-    return np.pad(ids, pad), np.pad(pos, pad, constant_values=PAD_POSITION)
+    pad = ((0, spec.batch_size - rows), (0, spec.seq_len - ids.shape[1]))
+    if min(pad[0][1], pad[1][1]) < 0:
+        raise ValueError(f"generate: {ids.shape} tokens do not fit specialization {spec.name} "
+                         f"({spec.batch_size} x {spec.seq_len})")
+    feeds = {sig.input(fmt.TOKEN_IDS).name: np.pad(ids, pad),
+             sig.input(fmt.POSITIONS).name: np.pad(pos, pad, constant_values=PAD_POSITION), **kv}
+    if (index := sig.input(fmt.BATCH_INDEX)) is not None:
+        feeds[index.name] = np.arange(spec.batch_size, dtype=np.int64)[:, None]
+    if (keep := sig.input(fmt.LOGITS_TO_KEEP)) is not None:
+        feeds[keep.name] = np.zeros((int(spec.symbols.get("num_logits_to_keep", 1)), 1), dtype=np.int64)
+    out = session.run(spec, feeds)
+    if not session.kv_on_device:
+        for past in sig.past_kv():
+            kv[past.name] = out[sig.retained(past).name]
+    return out[sig.output(fmt.LOGITS).name][:rows]

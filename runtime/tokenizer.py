@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-TOKENIZER_DIR = "tokenizer"
+from runtime.package_format import TOKENIZER_DIR
 
 
 def load_tokenizer(package_dir: str | Path) -> Any:

@@ -35,11 +35,11 @@ class Run:
 
 
 def run_pipeline(store: Path, *overrides: str, env: dict | None = None, model: str = "tiny_llama",
-                 timeout: float = 600) -> Run:
+                 timeout: float = 600, cwd: Path = ROOT) -> Run:
     run_dir = store.parent / f"run-{os.getpid()}-{next(_runs)}"
     args = [sys.executable, "-m", "pipeline", f"model={model}", f"store.root={store}",
             f"hydra.run.dir={run_dir}", *overrides]
-    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, **(env or {})})
     return Run(p.returncode, p.stdout, p.stderr, run_dir)
 

@@ -20,13 +20,13 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_pipeline, store_snapshot
-from passes import compile_ai100 as c
+from passes.targets.ai100 import compile as c, plan, sdk
 
 STANDIN = ROOT / "tests" / "standin_qaic_compile.py"
 # The stand-in runs on `#!/usr/bin/env python3` and needs onnx: the test interpreter first on PATH.
 ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 KV = ["past_key.0", "past_value.0", "past_key.1", "past_value.1"]
-SDK_PRESENT = any(p.exists() for p in c.SDK_COMPILERS)
+SDK_PRESENT = any(p.exists() for p in sdk.SDK_COMPILERS)
 # Stages up to compile only: package/validate for ai100 are built elsewhere (and cost time here).
 UP_TO_COMPILE = ("~pipeline.stages.package", "~pipeline.stages.reference", "~pipeline.stages.validate")
 
@@ -53,7 +53,7 @@ def test_ai100_16c_compile_tree(store):
     t = tree(store, r)
     files = {p.relative_to(t).as_posix() for p in t.rglob("*") if p.is_file()}
     assert files == {"model.onnx", "model.onnx.data", "io.json", "specializations.json", "custom_io.yaml",
-                     "compile.sh", "compile.json", "qpc/programqpc.bin"}, files
+                     "compile.sh", "compile.json", "program.json", "qpc/programqpc.bin"}, files
     assert json.loads((t / "specializations.json").read_text()) == {"specializations": [
         {"batch_size": "1", "seq_len": "32", "ctx_len": "256"},
         {"batch_size": "1", "seq_len": "1", "ctx_len": "256"}]}
@@ -238,10 +238,10 @@ def _params(**kw) -> c.CompileAi100Params:
 def test_extra_options_mapping_and_qaic_exec():
     p = _params(extra_options={"sub_functions": False, "allow_mxint8_mdp_io": True, "some_level": 3},
                 compiler_kind="qaic-exec")
-    opts = c.compiler_options(p)
+    opts = plan.compiler_options(p)
     assert opts[-3:] == ["-allow-mxint8-mdp-io", "-some-level=3", "-compile-only"]
     assert not any(o.startswith("-sub-functions") for o in opts)
-    assert 'exec "${QAIC_COMPILER:-/opt/qti-aic/exec/qaic-exec}" ' in c.script_text(p)
+    assert 'exec "${QAIC_COMPILER:-/opt/qti-aic/exec/qaic-exec}" ' in plan.script_text(p)
 
 
 def _fake_sdk(root: Path, name: str = "qaic-compile", versions: bool = True) -> Path:
@@ -277,7 +277,7 @@ def test_resolve_reads_the_sdk_versions_next_to_the_compiler(tmp_path):
 
 def test_the_key_holds_the_compiler_version_not_its_path():
     from pipeline.keys import canonical_params
-    from pipeline.store.digests import DigestMemo
+    from pipeline.store.memo import DigestMemo
 
     p = _params(compiler="/a/qaic-compile", compiler_version="apps 1.20.0.55", compiler_kind="qaic-compile")
     keyed, _ = canonical_params(p, DigestMemo(None))

@@ -197,17 +197,26 @@ PLAIN_SHAPES = [dict(batch_size=2, seq_len=4), dict(batch_size=2, seq_len=1)]
 ], ids=["cb", "spec", "cb+spec", "cb-plain-shapes", "spec-plain-shapes"])
 def test_runtime_greedy_on_variants(hf_model, exported, tmp_path, variant, shapes):
     """runtime.generate feeds the variant inputs itself and matches HF's greedy tokens."""
+    from runtime import package_format as fmt
     from runtime.generate import generate
-    from runtime.ort_session import Session
+    from runtime.sessions.ort import OrtSession
 
     _, io, folder = exported(**variant)
-    graphs = [{"file": str(folder / "model.onnx"), "ctx_len": CTX, **shape} for shape in shapes]
-    session_json = {"graphs": graphs, "io": io, "options": {"intra_op_num_threads": 1}}
-    (tmp_path / "session.json").write_text(json.dumps(session_json))
-    session = Session(tmp_path, num_threads=1)
+    specs = []
+    for i, shape in enumerate(shapes):  # prefill first; a decode of K+1 tokens is a speculative step
+        symbols = {"ctx_len": CTX, **shape}
+        if i == 0:
+            specs.append(fmt.Specialization("Prefill", (fmt.PREFILL,), symbols))
+        elif shape.get("num_logits_to_keep", 1) > 1:
+            specs.append(fmt.Specialization(f"Decode_K{shape['seq_len'] - 1}", (fmt.DECODE_K,), symbols, shape["seq_len"] - 1))
+        else:
+            specs.append(fmt.Specialization("Decode", (fmt.DECODE,), symbols))
+    program = fmt.Program(fmt.ONNXRUNTIME, fmt.Signature.from_json(io), tuple(specs),
+                          graphs={s.name: str(folder / "model.onnx") for s in specs}, options={"intra_op_num_threads": 1})
+    session = OrtSession(tmp_path, num_threads=1, program=program)
     kv_batch = shapes[0].get("full_batch_size", shapes[0]["batch_size"])
-    assert session.empty_past()["past_key.0"].shape[0] == kv_batch
-    prompts = PROMPTS[:session.batch_size]
+    assert session.new_kv()["past_key.0"].shape[0] == kv_batch
+    prompts = PROMPTS[:specs[0].batch_size]
     new = 4
     result = generate(session, prompts, max_new_tokens=new)
     for r, prompt in enumerate(prompts):

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes import onnx_files
+from passes.lib import onnx_files
 from passes.rewrites import RewriteParams, check
 from passes.rewrites.fp16_clip import FP16_MAX, clip_fp16
 from passes.rewrites.rules import RULES

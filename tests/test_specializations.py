@@ -1,4 +1,4 @@
-"""passes.specializations: the compiled shapes planned from the compile config (AI100.md), and
+"""passes.targets.specializations: the compiled shapes planned from the compile config (AI100.md), and
 their specializations.json forms. Pure functions: no subprocess, no heavy import."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from passes.specializations import check_variant_inputs, names, plan, to_json
+from passes.targets.specializations import check_variant_inputs, names, plan, to_json
+from runtime import package_format as fmt
 
 
 def test_causal_lm_prefill_then_decode():
@@ -100,18 +101,22 @@ def test_named_form():
 
 
 def test_missing_graph_variant_input_is_a_clear_error():
-    io = {"inputs": [{"name": "input_ids"}, {"name": "position_ids"}, {"name": "past_key.0"}]}
+    def value(name, role):
+        return fmt.IoValue(name, role, "int64", ("batch_size", "seq_len"))
+
+    plain = (value("input_ids", fmt.TOKEN_IDS), value("position_ids", fmt.POSITIONS), value("past_key.0", fmt.PAST_KV))
+    io = fmt.Signature(plain, ())
     check_variant_inputs(io, None, None, "compile_ort")  # the plain graph serves the plain plan
     with pytest.raises(RuntimeError, match="compile.full_batch_size=4 needs a graph with a 'batch_index' input"):
         check_variant_inputs(io, 4, None, "compile_ort")
     with pytest.raises(RuntimeError, match="num_speculative_tokens=\\[2, 4\\] needs a graph with a 'num_logits_to_keep'"):
         check_variant_inputs(io, None, (2, 4), "compile_ai100")
-    io["inputs"] += [{"name": "batch_index"}, {"name": "num_logits_to_keep"}]
+    io = fmt.Signature(plain + (value("batch_index", fmt.BATCH_INDEX), value("num_logits_to_keep", fmt.LOGITS_TO_KEEP)), ())
     check_variant_inputs(io, 4, 3, "compile_ort")
 
 
 def test_the_planner_imports_only_the_standard_library():
-    code = ("import sys; import passes.specializations; "
+    code = ("import sys; import passes.targets.specializations; "
             "print(sorted(m for m in ('numpy', 'onnx', 'torch', 'omegaconf') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr

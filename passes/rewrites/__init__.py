@@ -14,10 +14,11 @@ class RewriteParams:
 
 
 @register_pass("rewrite", params=RewriteParams, deps=("onnx", "onnxscript", "onnx_ir"), materialize=True,
-               code=("passes.onnx_files",), needs=Needs(modules=("onnx", "onnxscript", "onnx_ir"), weight_copies=1))
+               needs=Needs(modules=("onnx", "onnxscript", "onnx_ir"), weight_copies=1))
 def rewrite(inputs: Mapping[str, Any], params: RewriteParams, out: Path) -> dict[str, Any]:
-    from passes import onnx_files
+    from passes.lib import onnx_files
     from passes.rewrites.rules import RULES
+    from runtime import package_format as fmt
 
     src = Path(inputs["onnx"])
     model = onnx_files.load_ir(src)
@@ -26,14 +27,13 @@ def rewrite(inputs: Mapping[str, Any], params: RewriteParams, out: Path) -> dict
         model = RULES[name].apply(model)
         counts.append(_count(model))
     onnx_files.save_ir(model, out)
-    io = onnx_files.read_json(src / onnx_files.IO)
-    io.update({k: v for k, v in onnx_files.io_spec(model, io["dims"], {}).items() if k in ("inputs", "outputs")})
-    onnx_files.write_json(out / onnx_files.IO, io)
+    # The same inputs and outputs with their roles; shapes and dtypes as the rewritten graph has them.
+    fmt.write_signature(out, fmt.read_signature(src).with_shapes(*onnx_files.io_shapes(model)))
     return {"rules": list(params.rules), "nodes": counts}
 
 
 @hook("rewrite", "check")
-def check(params: RewriteParams) -> None:
+def check(params: RewriteParams, facts: Any = None) -> None:
     from passes.rewrites.rules import RULES  # cheap: the rules import their libraries when applied
 
     for name in params.rules:

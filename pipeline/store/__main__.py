@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(rows, indent=1))
         for r in [] if args.json else rows:
-            print(f"{r['created']}  {r['model']:<14} {r['stage']:<10} {r['key']}  {human(r['size']):>10}"
+            print(f"{r['created']}  {r['model']:<14} {r['stage']:<15} {r['key']}  {human(r['size']):>10}"
                   f"  {r['seconds']:8.2f} s  {r['path']}")
         if not args.json:
             stored = sum(p.stat().st_size for p in (store.root / "cas").glob("*/*"))
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = verify(store)
         for p in problems:
             print(p)
-        print(f"verify: {len(store.records())} records, {len(problems)} problems")
+        print(f"verify: {len(store.records.all())} records, {len(problems)} problems")
         return 1 if problems else 0
     try:
         max_age = parse_age(args.max_age) if args.max_age else None

@@ -12,19 +12,20 @@ from pipeline.store.digests import hash_file, tree_digest
 
 
 def tree_bytes(rec: dict[str, Any]) -> int:
-    return sum(size for _d, size, _m in rec.get("files", {}).values())
+    return sum(entry[1] for entry in rec.get("files", {}).values())
 
 
 def verify(store: Store) -> list[str]:
     """Re-hash every file of every record's tree; one problem per line (empty: all good)."""
     problems = []
-    for rec in store.records():
+    for rec in store.records.all():
         if not rec.get("materialized"):
             continue
         tree = store.tree_path(rec["digest"])
         label = f"{rec['stage']} {rec['key'][:12]} (tree {rec['digest'][:12]})"
         seen = {}
-        for rel, (digest, _size, _mtime) in rec["files"].items():
+        for rel, entry in rec["files"].items():
+            digest = entry[0]
             path = tree / rel
             if not path.is_file():
                 problems.append(f"{label}: {rel} is missing")
@@ -49,9 +50,9 @@ class GcReport:
 def gc(store: Store, max_age_s: float | None, max_bytes: int | None, keep_recent_s: float, dry_run: bool = False) -> GcReport:
     """Drop records unused for ``max_age_s``, then the least recently used until the trees
     they point to fit in ``max_bytes``; a record used within ``keep_recent_s`` is never
-    dropped. Then remove trees no record points to, blobs no tree links, stale tmp/."""
+    dropped. Then remove trees no record points to, blobs no kept record lists, stale tmp/."""
     now = time.time()
-    recs = sorted(store.records(), key=lambda r: r["_used"])
+    recs = sorted(store.records.all(), key=lambda r: r["_used"])
     keep = {r["key"]: r for r in recs}
     for r in recs:
         if now - r["_used"] < keep_recent_s:
@@ -71,7 +72,7 @@ def gc(store: Store, max_age_s: float | None, max_bytes: int | None, keep_recent
         if r["key"] not in keep:
             report.records.append(f"{r['stage']} {r['key'][:12]}")
             if not dry_run:
-                store.record_path(r["key"]).unlink(missing_ok=True)
+                store.records.path(r["key"]).unlink(missing_ok=True)
     live_trees = {r["digest"] for r in keep.values() if r.get("materialized")}
     def settled(p: Path) -> bool:  # a builder may be between linking and writing its record
         st = p.stat()
@@ -82,9 +83,12 @@ def gc(store: Store, max_age_s: float | None, max_bytes: int | None, keep_recent
             report.trees += 1
             if not dry_run:
                 remove_tree(tree)
+    # A blob is live when a kept record lists it (by content, not by link count: a store
+    # copied with `cp -r` has no hard links left, and its blobs are still needed).
+    live_blobs = {entry[0] for r in keep.values() if r.get("materialized") for entry in r["files"].values()}
     for blob in sorted((store.root / "cas").glob("*/*")):
         st = blob.stat()
-        if st.st_nlink == 1 and settled(blob):  # no tree links it
+        if blob.name not in live_blobs and settled(blob):
             report.blobs += 1
             report.freed += st.st_size
             if not dry_run:
@@ -113,7 +117,7 @@ def _owner_dead(name: str) -> bool:
 
 def listing(store: Store) -> list[dict[str, Any]]:
     rows = []
-    for r in sorted(store.records(), key=lambda r: r.get("created", "")):
+    for r in sorted(store.records.all(), key=lambda r: r.get("created", "")):
         rows.append({
             "created": r.get("created", "?"), "model": r.get("model", "?"), "stage": r["stage"],
             "pass": r.get("pass", "?"), "key": r["key"][:12], "digest": r["digest"][:12],

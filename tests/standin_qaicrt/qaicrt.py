@@ -1,6 +1,6 @@
 """STAND-IN for the Cloud AI 100 Platform SDK's `qaicrt` module, for tests only.
 
-It offers the calls runtime/qaic_session.py makes (Context, Queue, Qpc, Program, ExecObj,
+It offers the calls runtime/sessions/ai100.py makes (Context, Queue, Qpc, Program, ExecObj,
 QBuffer, QIDList, BufferDimensionsVecRef) and "runs" a package's QPC by running the ONNX
 next to it (the exact ONNX handed to the compiler) with ONNX Runtime, keeping the KV cache
 inside the program as the device's retained state would. It checks the session's use of the
@@ -41,10 +41,9 @@ class Qpc:
         if not (self.dir / "programqpc.bin").is_file():
             raise RuntimeError(f"stand-in qaicrt: no programqpc.bin in {qpc_dir}")
         self.package = self.dir.parent
-        session = json.loads((self.package / "session.json").read_text())
         specs = json.loads((self.package / "specializations.json").read_text())["specializations"]
         self.shapes = [{k: int(v) for k, v in s.get("symbols", s).items()} for s in specs]
-        self.io = session["io"]
+        self.io = json.loads((self.package / "io.json").read_text())  # the graph handed to the compiler
 
     def _dims(self, shape: list[Any], spec: dict[str, int]) -> list[int]:
         return [spec[d] if isinstance(d, str) else int(d) for d in shape]

@@ -1,4 +1,9 @@
-"""The `load` pass: any model source (hub, local folder, GGUF file, random config) -> an HF checkpoint folder."""
+"""The `load` pass: any model source (hub, local folder, GGUF file, random config) -> an HF checkpoint folder.
+
+Its hooks are cheap (no torch): ``check`` the model config node, ``resolve`` a hub revision to
+a commit, ``facts`` (sizes and limits, read from the config or the GGUF header) and ``needs``.
+The heavy work is in sources.py, imported when the pass runs.
+"""
 from __future__ import annotations
 
 import ast
@@ -11,17 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from passes.model_facts import (
-    cached_commit, hf_cache_dir, is_commit, is_gguf, model_facts, snapshot_dir,
-)
+from passes.load.facts import ModelFacts, model_facts
+from passes.load.gguf_header import is_gguf
+from passes.load.hf_cache import cached_commit, hf_cache_dir, is_commit
 from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
 HUB_TIMEOUT_S = 4.0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-# what a snapshot needs for from_pretrained; skips e.g. Llama 3's 16 GB original/*.pth
-HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py")
+SOURCES = ("hub", "local", "gguf", "random")
+DTYPES = ("float32",)
 
 
 @dataclass(frozen=True)
@@ -41,100 +45,44 @@ class LoadParams:
     params=LoadParams,
     deps=("torch", "transformers", "gguf", "safetensors", "tokenizers"),
     materialize=lambda p: p.source in ("gguf", "random"),
-    code=("passes.model_facts",),
 )
 def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any:
     """gguf/random: fill ``out`` with an HF folder; local/hub: return the existing folder's Path."""
     if params.source == "local":
         return Path(params.path)
+    from passes.load import sources
+
     if params.source == "hub":
-        return _hub_snapshot(params)
+        return sources.hub_snapshot(params.hf_id, params.revision)
 
     import torch
 
     dtype = getattr(torch, params.dtype)
     if params.source == "gguf":
-        model = _from_gguf(Path(params.path), dtype)
-        tokenizer = _load_tokenizer(Path(params.tokenizer or params.path))
+        model = sources.from_gguf(Path(params.path), dtype)
+        tokenizer = sources.load_tokenizer(Path(params.tokenizer or params.path))
     else:
-        model = _from_config(params.hf_config, params.seed, dtype)
-        tokenizer = _load_tokenizer(Path(params.tokenizer))
+        model = sources.from_config(params.hf_config, params.seed, dtype)
+        tokenizer = sources.load_tokenizer(Path(params.tokenizer))
     model.save_pretrained(out)  # safetensors; its metadata is {"format": "pt"}, no timestamps
     tokenizer.save_pretrained(out)
     return {"source": params.source, "model_type": model.config.model_type,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def _from_gguf(path: Path, dtype: Any) -> Any:
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
-    quantized = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=dtype, local_files_only=True)
-    # A GGUF-loaded model refuses save_pretrained (it carries a GGUF quantizer): copy its
-    # dequantized weights into a plain model of the same config.
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
-    return model.eval()
-
-
-def _from_config(hf_config: Mapping[str, Any], seed: int, dtype: Any) -> Any:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = _plain(dict(hf_config))
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG alone
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
-
-
-def _plain(v: Any) -> Any:
-    """Params freeze lists into tuples; HF configs want the JSON shapes back."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    # local_files_only is recorded in the saved tokenizer_config.json: fix it, whatever HF_HUB_OFFLINE says
-    if path.is_file():
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def _hub_snapshot(params: LoadParams) -> Path:
-    commit = cached_commit(params.hf_id, params.revision) or params.revision
-    snapshot = snapshot_dir(params.hf_id, commit)
-    if (snapshot / "config.json").is_file() and any((snapshot / w).is_file() for w in WEIGHT_FILES):
-        return snapshot
-    from huggingface_hub import snapshot_download
-
-    try:  # not (fully) cached: fetch what from_pretrained needs
-        return Path(snapshot_download(params.hf_id, revision=commit, cache_dir=hf_cache_dir(),
-                                      allow_patterns=list(HUB_FILES)))
-    except Exception as e:
-        raise UserError(
-            f"model.hf_id: {params.hf_id!r} (revision {commit}) could not be fetched ({type(e).__name__}); allowed: "
-            f"a complete snapshot in the local HF cache, or model.source=local model.path=<HF folder>"
-        ) from None
-
-
 # ---- hooks (cheap: no torch, no transformers) ------------------------------------------------
 
 @hook("load", "check")
-def check(params: LoadParams) -> None:
+def check(params: LoadParams, facts: Any = None) -> None:
     src = params.source
+    if src not in SOURCES:
+        raise UserError(f"model.source: {src!r} is not allowed; allowed: {' | '.join(SOURCES)}")
+    if params.dtype not in DTYPES:
+        raise UserError(f"model.dtype: {params.dtype!r} is not allowed; allowed: {' | '.join(DTYPES)}")
+    if src == "hub" and not params.hf_id:
+        raise UserError(f"model.hf_id: {params.hf_id!r} is not allowed; source=hub needs a hub id like org/name")
+    if src in ("local", "gguf") and not params.path:
+        raise UserError(f"model.path: {params.path!r} is not allowed; source={src} needs a path")
     if src == "local":
         folder = Path(params.path or "")
         if not params.path or not folder.is_dir():
@@ -240,11 +188,15 @@ def _ask_hub(hf_id: str, revision: str) -> str:
     return answer["sha"]
 
 
+@hook("load", "facts")
+def facts(params: LoadParams) -> ModelFacts:
+    return model_facts(params.source, params.path, params.hf_config, hf_id=params.hf_id, revision=params.revision)
+
+
 @hook("load", "needs")
-def needs(params: LoadParams) -> Needs:
+def needs(params: LoadParams, facts: ModelFacts | None) -> Needs:
     modules = ("torch", "transformers") + (("gguf",) if params.source == "gguf" else ())
     if params.source not in ("gguf", "random"):
         return Needs(disk_bytes=0, modules=modules)
-    facts = model_facts(params.source, params.path, params.hf_config)
-    size = (facts.approx_params or 0) * DTYPE_BYTES.get(params.dtype, 4)
+    size = ((facts.approx_params if facts else 0) or 0) * DTYPE_BYTES.get(params.dtype, 4)
     return Needs(disk_bytes=size, modules=modules)

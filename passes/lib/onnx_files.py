@@ -1,17 +1,17 @@
-"""Shared ONNX file layout of the graph passes: model.onnx + model.onnx.data + io.json.
+"""The ONNX graph folder the graph passes pass along: model.onnx + model.onnx.data + io.json.
 
-The weights may instead be split over several files (``save_ir(..., max_file_bytes=N)``):
+io.json is the graph's IO signature (runtime.package_format.Signature: a role per input and
+output). The weights may instead be split over several files (``save_ir(..., max_file_bytes=N)``):
 see ``save_ir`` for their names and ``data_files`` to list them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+
 MODEL = "model.onnx"
 WEIGHTS = "model.onnx.data"
-IO = "io.json"
 # Tensors under this size stay inside model.onnx; the rest go to the external file(s).
 INLINE_LIMIT = 1024
 # Offsets aligned like this let ONNX Runtime memory-map weights instead of copying them.
@@ -80,24 +80,10 @@ def load_ir(src: Path) -> Any:
     return model
 
 
-def io_spec(model: Any, dims: dict[str, int], dynamic_axes: dict[str, dict[int, str]]) -> dict[str, Any]:
-    """io.json content: graph inputs/outputs (name, dtype, shape with named axes) and model dims."""
-
-    def value(v: Any) -> dict[str, Any]:
-        shape = [d if isinstance(d, int) else str(d) for d in v.shape]
-        return {"name": v.name, "dtype": v.dtype.numpy().name, "shape": shape}
-
-    return {
-        "inputs": [value(v) for v in model.graph.inputs],
-        "outputs": [value(v) for v in model.graph.outputs],
-        "dynamic_axes": {name: {str(k): a for k, a in axes.items()} for name, axes in dynamic_axes.items()},
-        "dims": dict(dims),
-    }
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def io_shapes(model: Any) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """({name: shape with named axes}, {name: numpy dtype name}) of the graph's inputs and outputs."""
+    shapes, dtypes = {}, {}
+    for v in (*model.graph.inputs, *model.graph.outputs):
+        shapes[v.name] = [d if isinstance(d, int) else str(d) for d in v.shape]
+        dtypes[v.name] = v.dtype.numpy().name
+    return shapes, dtypes

@@ -1,21 +1,22 @@
-"""A Cloud AI 100 session over the Platform SDK's qaicrt, behind the ONNX Runtime session's interface.
+"""A Cloud AI 100 session over the Platform SDK's qaicrt (the Session protocol).
 
 qaicrt and QAicApi_pb2 ship with the Platform SDK (not installable here), so they are
 imported when a session is made, never at module import; without them the error says where
-they are expected. The KV cache stays on the device: the retained-state buffers are skipped,
-so `run` neither sends past inputs nor returns *_RetainedState outputs.
+they are expected. The KV cache stays on the device: the buffers of the past_kv inputs and
+retained_kv outputs are skipped, so `run` neither sends past inputs nor returns retained outputs.
 NOTE: written against the publicly documented qaicrt interface; not run on AI 100 hardware here.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-SDK_PYTHON = "/opt/qti-aic/dev/lib/x86_64"
+from runtime.package_format import Specialization, read_program
+
+SDK_PYTHON = "/opt/qti-aic/dev/lib/x86_64"  # passes.targets.ai100.sdk.SDK_PYTHON
 # QAicApi_pb2 data types -> numpy
 AIC_TO_NUMPY = {0: np.float32, 1: np.float16, 2: np.int8, 3: np.uint8, 4: np.int16, 5: np.int32, 7: np.int64, 8: np.bool_}
 
@@ -38,21 +39,20 @@ def import_qaicrt() -> tuple[Any, Any]:
 class AI100Session:
     """Loads ``<package>/qpc/programqpc.bin`` on ``device_ids`` and runs one inference per call."""
 
-    keeps_state_on_device = True
+    kv_on_device = True
 
     def __init__(self, package_dir: str | Path, device_ids: Sequence[int] = (0,)):
         qaicrt, api = import_qaicrt()
         self.dir = Path(package_dir)
-        specs = json.loads((self.dir / "specializations.json").read_text())["specializations"]
-        self.shapes = [{k: int(v) for k, v in s.get("symbols", s).items()} for s in specs]
-        self.dims = json.loads((self.dir / "session.json").read_text())["io"]["dims"]
-        self.batch_size = self.shapes[0]["batch_size"]
-        self.ctx_len = self.shapes[0]["ctx_len"]
-        self.seq_lens = sorted({s["seq_len"] for s in self.shapes}, reverse=True)
+        self.program = read_program(self.dir)
+        if not self.program.qpc:
+            raise ValueError(f"{self.dir}: the package has no AI 100 program (backend {self.program.backend})")
+        sig = self.program.signature
+        self._kv_names = {v.name for v in sig.past_kv()} | {sig.retained(v).name for v in sig.past_kv()}
 
         self._context = qaicrt.Context()
         self._queue = qaicrt.Queue(self._context, device_ids[0])
-        qpc = qaicrt.Qpc(str(self.dir / "qpc"))
+        qpc = qaicrt.Qpc(str(self.dir / self.program.qpc))
         status, raw = qpc.getIoDescriptor()
         _check(status, "read the QPC's IO descriptor")
         desc = api.IoDesc()
@@ -71,16 +71,17 @@ class AI100Session:
         self._dims = [(np.dtype(AIC_TO_NUMPY[b.type]).itemsize, list(b.dims)) for b in self._bindings]
         # The device keeps the KV cache between calls: no host buffers for it.
         for b in self._bindings:
-            if b.name.startswith("past_"):
+            if b.name in self._kv_names:
                 self._buffers[b.index] = qaicrt.QBuffer(bytes(0))
                 self._dims[b.index] = (self._dims[b.index][0], [0])
 
-    def empty_past(self) -> dict[str, np.ndarray]:
+    def new_kv(self) -> dict[str, np.ndarray]:
         return {}  # the retained state lives on the device
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # The device picks the specialization from the buffers' dimensions.
         for name, value in feeds.items():
-            if name.startswith("past_"):
+            if name in self._kv_names:
                 continue
             i = self._index[name]
             value = np.ascontiguousarray(value, dtype=AIC_TO_NUMPY[self._bindings[i].type])
@@ -93,7 +94,7 @@ class AI100Session:
         _check(status, "read the outputs")
         result = {}
         for b in self._bindings:
-            if b.dir == 1 and not b.name.endswith("_RetainedState"):  # 1: output binding
+            if b.dir == 1 and b.name not in self._kv_names:  # 1: output binding
                 dtype = AIC_TO_NUMPY[b.type]
                 result[b.name] = np.frombuffer(bytes(outputs[b.index]), dtype=dtype).reshape(self._dims[b.index][1])
         return result

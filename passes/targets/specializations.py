@@ -1,7 +1,8 @@
 """The compiled shapes of a causal LM ("specializations"), planned once from the compile config.
 
-Both backends build exactly these shapes: ``compile_ort`` one fixed-shape ONNX graph per
-entry, ``compile_ai100`` one entry of the compiler's specializations.json per entry.
+Both targets build exactly these shapes: ``compile_ort`` one fixed-shape ONNX graph per
+entry, ``compile_ai100`` one entry of the compiler's specializations.json per entry; the
+package records them with their roles (``specializations``: runtime.package_format.Specialization).
 Standard library only (imported by the passes' cheap hooks).
 
 ``plan`` returns ``[{symbol: int}]``, prefill first, then the decode entries:
@@ -25,6 +26,9 @@ The single entry of prefill_seq_len 1 is ``Decode``.
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
+
+from pipeline.pass_api import UserError
+from runtime import package_format as fmt
 
 FORMATS = ("flat", "named")
 
@@ -85,18 +89,57 @@ def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: i
     return [entry(1 if cb else batch_size, prefill_seq_len, 1), *(entry(decode_batch, k + 1, k + 1) for k in ks)]
 
 
-# The graph input each variant needs (the export builds it when the compile field is set).
-VARIANT_INPUTS = {"full_batch_size": "batch_index", "num_speculative_tokens": "num_logits_to_keep"}
+def specializations(params: Any) -> tuple[fmt.Specialization, ...]:
+    """The plan of a compile pass's params (batch_size, prefill_seq_len, ctx_len, full_batch_size,
+    num_speculative_tokens), each shape named and given its roles."""
+    specs = plan(params.batch_size, params.prefill_seq_len, params.ctx_len, params.full_batch_size,
+                 params.num_speculative_tokens)
+    out = []
+    for spec, name in zip(specs, names(specs)):
+        if len(specs) == 1:
+            roles, k = (fmt.PREFILL, fmt.DECODE), None
+        elif name == "Prefill":
+            roles, k = (fmt.PREFILL,), None
+        elif "num_logits_to_keep" in spec:
+            roles, k = (fmt.DECODE_K,), spec["seq_len"] - 1
+        else:
+            roles, k = (fmt.DECODE,), None
+        out.append(fmt.Specialization(name, roles, spec, k))
+    return tuple(out)
 
 
-def check_variant_inputs(io: dict[str, Any], full_batch_size: Any, num_speculative_tokens: Any, who: str) -> None:
-    """A continuous-batching or speculative plan needs its graph input (io.json's inputs); a
-    RuntimeError says which is missing."""
-    have = [v["name"] for v in io["inputs"]]
+def for_graph(folder: Any, params: Any, who: str) -> tuple[fmt.Signature, tuple[fmt.Specialization, ...]]:
+    """A compile pass's start: the graph folder's signature, and the shapes to build of it (after
+    checking that the graph has the inputs the plan's variants need)."""
+    signature = fmt.read_signature(folder)
+    check_variant_inputs(signature, params.full_batch_size, params.num_speculative_tokens, who)
+    return signature, specializations(params)
+
+
+def check_plan(params: Any, facts: Any) -> None:
+    """A compile pass's check: the plan's values, and ctx_len within the model's positions (from
+    its facts, when known). One-line UserError."""
+    try:
+        specializations(params)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    limit = getattr(facts, "max_positions", None)
+    if limit is not None and params.ctx_len > limit:
+        raise UserError(f"compile.ctx_len: {params.ctx_len!r} is not allowed; allowed: 1..{limit} (the model's max positions)")
+
+
+# The graph input each variant needs (the export builds it when the compile field is set): its role, and its name by convention.
+VARIANT_INPUTS = {"full_batch_size": (fmt.BATCH_INDEX, "batch_index"),
+                  "num_speculative_tokens": (fmt.LOGITS_TO_KEEP, "num_logits_to_keep")}
+
+
+def check_variant_inputs(signature: fmt.Signature, full_batch_size: Any, num_speculative_tokens: Any, who: str) -> None:
+    """A continuous-batching or speculative plan needs its graph input (by role); a RuntimeError says which is missing."""
     for key, value in (("full_batch_size", full_batch_size), ("num_speculative_tokens", num_speculative_tokens)):
-        name = VARIANT_INPUTS[key]
-        if value is not None and name not in have:
-            raise RuntimeError(f"{who}: compile.{key}={_show(value)} needs a graph with a {name!r} input, "
+        role, name = VARIANT_INPUTS[key]
+        if value is not None and signature.input(role) is None:
+            have = [v.name for v in signature.inputs]
+            raise RuntimeError(f"{who}: compile.{key}={_show(value)} needs a graph with a {name!r} input ({role}), "
                                f"but the graph's inputs are {have} (this graph variant was not exported)")
 
 
@@ -110,7 +153,7 @@ def names(specs: list[dict[str, int]]) -> list[str]:
     return out
 
 
-def to_json(specs: list[dict[str, int]], form: str = "flat") -> dict[str, Any]:
+def to_json(specs: Iterable[Mapping[str, int]], form: str = "flat") -> dict[str, Any]:
     """specializations.json content; every value a string.
 
     flat: ``{"specializations": [{"batch_size": "1", "seq_len": "32", "ctx_len": "128"}, ...]}``
@@ -118,6 +161,7 @@ def to_json(specs: list[dict[str, int]], form: str = "flat") -> dict[str, Any]:
     """
     if form not in FORMATS:
         raise ValueError(f"hw.specialization_format: {_show(form)} is not allowed; allowed: {' | '.join(FORMATS)}")
+    specs = [dict(spec.symbols) if isinstance(spec, fmt.Specialization) else dict(spec) for spec in specs]
     flat = [{k: str(v) for k, v in spec.items()} for spec in specs]
     if form == "flat":
         return {"specializations": flat}

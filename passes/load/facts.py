@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import json
-import mmap
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from passes.load.gguf_header import Skipped, read_gguf_header
+from passes.load.hf_cache import cached_commit, snapshot_dir
 from pipeline.pass_api import UserError
-
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
 class ModelFacts:
+    """What the engine and the hooks of a model's stages may know before anything is loaded.
+
+    The load pass's ``facts`` hook returns these; ``max_positions`` bounds compile.ctx_len and
+    ``approx_params`` sizes the disk a stage needs (``Needs.weight_copies``).
+    """
+
     model_type: str | None
     max_positions: int | None
     num_layers: int | None
@@ -117,86 +121,6 @@ def _read_config_json(folder: str | os.PathLike | None) -> dict:
         raise UserError(f"model.path: {str(config)!r} is not readable JSON ({e}); allowed: a Hugging Face config.json") from None
 
 
-# ---- GGUF ---------------------------------------------------------------------------------
-# A minimal reader of the GGUF header (spec: github.com/ggml-org/ggml/blob/master/docs/gguf.md).
-# gguf.GGUFReader builds an object per array element and takes about 5 s on SmolLM2's
-# 49k-token vocabulary; only counts are needed here, so arrays are skipped, not decoded.
-
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-
-
-class _Cursor:
-    def __init__(self, buf, endian: str):
-        self.buf, self.pos, self.e = buf, 0, endian
-
-    def take(self, fmt: str):
-        (v,) = struct.unpack_from(self.e + fmt, self.buf, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return v
-
-    def string(self) -> str:
-        n = self.take("Q")
-        self.pos += n
-        return bytes(self.buf[self.pos - n:self.pos]).decode("utf-8", "replace")
-
-    def value(self, vtype: int):
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY:
-            etype, count = self.take("I"), self.take("Q")
-            if etype in _SCALARS and count <= 1024:  # small numeric arrays (per-layer counts)
-                return [self.take(_SCALARS[etype]) for _ in range(count)]
-            if etype in _SCALARS:
-                self.pos += count * struct.calcsize(_SCALARS[etype])
-            else:
-                for _ in range(count):
-                    self.value(etype)
-            return _Skipped(count)
-        return self.take(_SCALARS[vtype])
-
-
-@dataclass(frozen=True)
-class _Skipped:
-    """A large array whose elements were not decoded."""
-
-    length: int
-
-
-def is_gguf(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
-
-
-def read_gguf_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
-    """(metadata key -> value, total tensor elements). Large arrays come back as ``_Skipped``."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != GGUF_MAGIC:
-            raise ValueError("not a GGUF file")
-        # the version is a small number, so its byte order tells the file's
-        endian = "<" if struct.unpack_from("<I", buf, 4)[0] < 0x10000 else ">"
-        cur = _Cursor(buf, endian)
-        cur.pos = 8
-        n_tensors, n_kv = cur.take("Q"), cur.take("Q")
-        meta = {}
-        for _ in range(n_kv):
-            key = cur.string()
-            meta[key] = cur.value(cur.take("I"))
-        elements = 0
-        for _ in range(n_tensors):
-            cur.string()
-            dims = [cur.take("Q") for _ in range(cur.take("I"))]
-            cur.take("I"), cur.take("Q")  # ggml type, data offset
-            n = 1
-            for d in dims:
-                n *= d
-            elements += n
-    return meta, elements
-
-
 def facts_from_gguf(path: str | os.PathLike | None) -> ModelFacts:
     if not path or not Path(path).is_file():
         raise UserError(f"model.path: {str(path)!r} does not exist; allowed: a GGUF file (source=gguf)")
@@ -212,7 +136,7 @@ def facts_from_gguf(path: str | os.PathLike | None) -> ModelFacts:
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = get("vocab_size") or (tokens.length if isinstance(tokens, _Skipped) else None)
+    vocab = get("vocab_size") or (tokens.length if isinstance(tokens, Skipped) else None)
     return ModelFacts(
         model_type=arch,
         max_positions=get("context_length"),
@@ -224,42 +148,3 @@ def facts_from_gguf(path: str | os.PathLike | None) -> ModelFacts:
         vocab_size=vocab,
         approx_params=elements or None,
     )
-
-
-# ---- the local Hugging Face cache -----------------------------------------------------------
-
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-def hf_cache_dir() -> Path:
-    """Where huggingface_hub keeps models, by the same environment rules it uses."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def repo_cache_dir(hf_id: str) -> Path:
-    return hf_cache_dir() / ("models--" + hf_id.replace("/", "--"))
-
-
-def is_commit(revision: str) -> bool:
-    return bool(_COMMIT.fullmatch(revision or ""))
-
-
-def cached_commit(hf_id: str, revision: str) -> str | None:
-    """The commit a branch or tag points to in the local cache; a commit hash is itself."""
-    if is_commit(revision):
-        return revision
-    ref = repo_cache_dir(hf_id) / "refs" / revision
-    try:
-        commit = ref.read_text().strip()
-    except OSError:
-        return None
-    return commit if is_commit(commit) else None
-
-
-def snapshot_dir(hf_id: str, commit: str) -> Path:
-    return repo_cache_dir(hf_id) / "snapshots" / commit

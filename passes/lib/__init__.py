@@ -1,0 +1,1 @@
+"""Libraries the passes share: linking store files, and the ONNX graph folder (model.onnx + weights + io.json)."""

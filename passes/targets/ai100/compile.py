@@ -1,0 +1,190 @@
+"""Pass `compile_ai100`: the rewritten ONNX compiled for Qualcomm Cloud AI 100 (a QPC).
+
+Input ``onnx``: the rewrite stage's tree (model.onnx + model.onnx.data + io.json). Output:
+
+```
+model.onnx + data files   the ONNX handed to the compiler: fp32 constants clipped to the fp16
+                          range (-inf kept), weights in external files of at most 10 GiB each
+io.json                   the graph's IO signature (from the input tree)
+specializations.json      passes.targets.specializations, in hw.specialization_format
+custom_io.yaml            KV inputs and their retained-state outputs in hw.kv_cache_dtype
+mdp_ts_<N>.json           hw.num_devices > 1: tensor slicing over N devices
+compile.sh                the exact compiler command (POSIX sh, executable; `./compile.sh` in a copy of
+                          this folder writes qpc/ there; QAIC_COMPILER=<path> picks the compiler)
+compile.json              that command, the compiler kind and version (read by the package)
+program.json              the program (runtime.package_format.Program): qpc/, and model.onnx as
+                          its ONNX view, which ONNX Runtime runs where no device is
+qpc/programqpc.bin        the program (absent with compile.dry_run=true)
+```
+
+The compiler (Apps SDK, see AI100.md) is found by the ``resolve`` hook (sdk.py): hw.compiler,
+else /opt/qti-aic/exec/qaic-compile, else /opt/qti-aic/exec/qaic-exec (older SDKs, with
+-compile-only). Its path stays out of the key; its version enters it. Without a compiler the
+``check`` hook stops the run before anything is built, unless compile.dry_run=true
+(everything above but qpc/). ``Ai100Hw`` is the hw schema of the ai100 target.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from passes.targets import specializations as spz
+from passes.targets.ai100.plan import (
+    COMPILE_JSON, CUSTOM_IO, OWN_OPTIONS, QPC_DIR, SCRIPT, SPECIALIZATIONS, compiler_options, custom_io_yaml,
+    mdp_config, mdp_file, script_text,
+)
+from passes.targets.ai100.sdk import compiler_candidates, compiler_kind, compiler_version, find_compiler, sdk_default
+from pipeline.pass_api import Needs, UserError, cfg_field, config_of, hook, register_pass
+
+KV_DTYPES = ("float16", "mxint8", "bfloat16")
+MAX_CORES = 16
+# External data files handed to the compiler: each at most this big (the reference library's
+# chunk size; each tensor's protobuf stays far below the 2 GB limit since the data is external).
+MAX_FILE_BYTES = 10 * 2**30
+
+
+@dataclass
+class Ai100Hw:
+    """hw.* of the ai100 target (conf/hw/ai100_*.yaml)."""
+
+    target: str = "ai100"
+    compile_pass: str = "compile_ai100"
+    num_cores: int = 16                    # cores per device
+    num_devices: int = 1                   # > 1: tensor slicing (mdp_ts_<N>.json)
+    compiler: Optional[str] = None         # path; null: qaic-compile, then qaic-exec, in /opt/qti-aic/exec
+    hw_version: str = "ai100"              # -aic-hw-version
+    mxfp6_matmul: bool = True
+    kv_cache_dtype: str = "float16"        # float16 | mxint8 | bfloat16
+    mos: Optional[int] = None
+    ols: Optional[int] = None
+    aic_enable_depth_first: bool = False
+    specialization_format: str = "flat"    # flat | named
+    extra_options: Dict[str, Any] = field(default_factory=dict)  # some_option: True -> -some-option
+    compile_timeout_s: Optional[float] = None  # none: real compiles take hours
+
+
+@dataclass(frozen=True)
+class CompileAi100Params:
+    compiler: Optional[str] = cfg_field("hw.compiler", None, kind="note")  # its version enters the key
+    num_cores: int = cfg_field("hw.num_cores", 16)
+    num_devices: int = cfg_field("hw.num_devices", 1)
+    hw_version: str = cfg_field("hw.hw_version", "ai100")
+    mxfp6_matmul: bool = cfg_field("hw.mxfp6_matmul", False)
+    kv_cache_dtype: str = cfg_field("hw.kv_cache_dtype", "float16")
+    mos: Optional[int] = cfg_field("hw.mos", None)
+    ols: Optional[int] = cfg_field("hw.ols", None)
+    aic_enable_depth_first: bool = cfg_field("hw.aic_enable_depth_first", False)
+    specialization_format: str = cfg_field("hw.specialization_format", "flat")
+    extra_options: dict = cfg_field("hw.extra_options", {})
+    compile_timeout_s: Optional[float] = cfg_field("hw.compile_timeout_s", None, kind="note")
+    batch_size: int = cfg_field("compile.batch_size", 1)
+    prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
+    ctx_len: int = cfg_field("compile.ctx_len", 256)
+    full_batch_size: Any = cfg_field("compile.full_batch_size", None)
+    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
+    dry_run: bool = cfg_field("compile.dry_run", False)
+    # Filled by the resolve hook (no config path: they enter the key under these names).
+    compiler_version: str = ""
+    compiler_kind: str = ""      # qaic-compile | qaic-exec (needs -compile-only)
+
+
+# ---------------------------------------------------------------- the pass
+@register_pass("compile_ai100", params=CompileAi100Params, deps=("onnx", "onnx_ir"), materialize=True,
+               needs=Needs(modules=("onnx", "onnx_ir"), weight_copies=1))
+def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Path) -> dict[str, Any]:
+    from passes.lib import onnx_files
+    from passes.lib.files import link_or_copy
+    from passes.rewrites.fp16_clip import clip_fp16
+    from passes.targets.ai100.compiler import run_compiler
+    from runtime import package_format as fmt
+
+    src = Path(inputs["onnx"])
+    signature, specs = spz.for_graph(src, params, "compile_ai100")
+
+    # The ONNX handed to the compiler: fp16-safe constants, weights in bounded external files.
+    model = onnx_files.load_ir(src)
+    clipped = clip_fp16(model)
+    onnx_files.save_ir(model, out, max_file_bytes=MAX_FILE_BYTES)
+    del model
+    link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
+
+    fmt.write_json(out / SPECIALIZATIONS, spz.to_json(specs, params.specialization_format))
+    (out / CUSTOM_IO).write_text(custom_io_yaml(signature, params.kv_cache_dtype))
+    if params.num_devices > 1:
+        fmt.write_json(out / mdp_file(params.num_devices), mdp_config(params.num_devices, params.num_cores))
+    (out / SCRIPT).write_text(script_text(params))
+    (out / SCRIPT).chmod(0o755)  # the store keeps the execute bit
+    options = compiler_options(params)
+    portable = shlex.join([sdk_default(params.compiler_kind or "qaic-compile"), *options])
+    data_files = onnx_files.data_files(out)
+    fmt.write_json(out / COMPILE_JSON, {
+        "command": portable, "options": options, "compiler_kind": params.compiler_kind,
+        "compiler_version": params.compiler_version, "dry_run": params.dry_run,
+        "specializations": [dict(s.symbols) for s in specs], "data_files": data_files,
+    })
+    # The device program, and the ONNX handed to the compiler as its view for ONNX Runtime (one
+    # dynamic graph serves every specialization), so the package validates where no device is.
+    build = config_of(params)
+    build["hw"].update(target="ai100", compiler_kind=params.compiler_kind, compiler_version=params.compiler_version)
+    fmt.write_program(out, fmt.Program(
+        fmt.QAIC, signature, specs, graphs={s.name: onnx_files.MODEL for s in specs}, weights=tuple(data_files),
+        options={"intra_op_num_threads": 0}, qpc=QPC_DIR, validation_target="onnx", build=build))
+    result = {"command": portable, "seconds": 0.0, "compiler_version": params.compiler_version,
+              "dry_run": params.dry_run, "output_tail": "", "fp16_clipped": clipped}
+    if params.dry_run:
+        return result
+    argv = [str(params.compiler), *options]
+    return {**result, **run_compiler(argv, out, params.compiler_kind, params.compile_timeout_s)}
+
+
+def _bad(key: str, value: Any, allowed: str) -> UserError:
+    return UserError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
+
+
+@hook("compile_ai100", "check")
+def check(params: CompileAi100Params, facts: Any = None) -> None:
+    """Bad values and a missing compiler: one line each, exit 2, before anything runs."""
+    p = params
+    if p.kv_cache_dtype not in KV_DTYPES:
+        raise _bad("hw.kv_cache_dtype", p.kv_cache_dtype, " | ".join(KV_DTYPES))
+    if p.specialization_format not in spz.FORMATS:
+        raise _bad("hw.specialization_format", p.specialization_format, " | ".join(spz.FORMATS))
+    if not isinstance(p.num_devices, int) or p.num_devices < 1:
+        raise _bad("hw.num_devices", p.num_devices, "an integer >= 1")
+    if not isinstance(p.num_cores, int) or not 1 <= p.num_cores <= MAX_CORES:
+        raise _bad("hw.num_cores", p.num_cores, f"1..{MAX_CORES} (cores of one Cloud AI 100 device)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(p.hw_version)):
+        raise _bad("hw.hw_version", p.hw_version, "a hardware version like ai100, ai200 or 2.0")
+    for key in ("mos", "ols"):
+        value = getattr(p, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise _bad(f"hw.{key}", value, "an integer >= 1, or null")
+    if p.compile_timeout_s is not None and not p.compile_timeout_s > 0:
+        raise _bad("hw.compile_timeout_s", p.compile_timeout_s, "a number of seconds > 0, or null (no limit)")
+    for key, value in dict(p.extra_options).items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key):
+            raise _bad("hw.extra_options", key, "option names that are identifiers (some_option: true -> -some-option)")
+        if key in OWN_OPTIONS:
+            raise _bad("hw.extra_options", key, f"an option the pass does not set itself (it sets -{key.replace('_', '-')} "
+                       "from its own hw./compile. key)")
+        if not isinstance(value, (bool, int, float, str)):
+            raise _bad(f"hw.extra_options.{key}", value, "true, false, a number or a string")
+    spz.check_plan(p, facts)
+    if not p.dry_run and find_compiler(p.compiler) is None:
+        looked = ", ".join(str(c) for c in compiler_candidates(p.compiler))
+        raise UserError(f"hw.compiler: no Cloud AI 100 compiler found (looked for {looked}); allowed: "
+                        "hw.compiler=<path to qaic-compile>, or compile.dry_run=true to write the compile plan only")
+
+
+@hook("compile_ai100", "resolve")
+def resolve(params: CompileAi100Params) -> CompileAi100Params:
+    """The compiler's path (a note) and its kind and version (in the key); "none" with dry_run."""
+    path = find_compiler(params.compiler)
+    version = "none" if params.dry_run or path is None else compiler_version(path)
+    named = path or (Path(params.compiler) if params.compiler else None)
+    return dataclasses.replace(params, compiler=str(path) if path else params.compiler,
+                               compiler_version=version, compiler_kind=compiler_kind(named))

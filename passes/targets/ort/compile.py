@@ -1,0 +1,105 @@
+"""Pass `compile_ort`: fixed-shape ONNX Runtime graphs per specialization, sharing one weights file.
+
+Output: ``<name>.onnx`` per specialization (prefill.onnx, decode.onnx, decode_k<K>.onnx), the
+rewrite's weights file(s), and ``program.json`` (runtime.package_format.Program: the signature,
+the specializations with their roles, the graph of each, the session options).
+``OrtHw`` is the hw schema of the cpu target (conf/hw/cpu.yaml).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from passes.targets import specializations as spz
+from pipeline.pass_api import Needs, UserError, cfg_field, config_of, hook, register_pass
+
+
+@dataclass
+class OrtHw:
+    """hw.* of the cpu target: ONNX Runtime on the host. No AI 100 key exists here."""
+
+    target: str = "cpu"
+    compile_pass: str = "compile_ort"   # the pass that builds the program for this target
+    num_cores: int = 2                  # intra-op threads of the package's sessions
+
+
+@dataclass(frozen=True)
+class CompileOrtParams:
+    num_cores: int = cfg_field("hw.num_cores", 2)
+    batch_size: int = cfg_field("compile.batch_size", 1)
+    prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
+    ctx_len: int = cfg_field("compile.ctx_len", 256)
+    full_batch_size: Any = cfg_field("compile.full_batch_size", None)
+    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
+
+
+@register_pass("compile_ort", params=CompileOrtParams, deps=("onnx", "onnxruntime"), materialize=True,
+               needs=Needs(modules=("onnx", "onnxruntime")))
+def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) -> dict[str, Any]:
+    import onnx
+
+    from passes.lib import onnx_files
+    from passes.lib.files import link_or_copy
+    from runtime import package_format as fmt
+
+    src = Path(inputs["onnx"])
+    signature, specs = spz.for_graph(src, params, "compile_ort")
+    weights = onnx_files.data_files(src)
+    for name in weights:
+        link_or_copy(src / name, out / name)
+    # Initializers keep pointing at the same data files: every graph below reads one copy.
+    proto = onnx.load(str(src / onnx_files.MODEL), load_external_data=False)
+    graphs = {}
+    for spec in specs:
+        graphs[spec.name] = f"{spec.name.lower()}.onnx"  # prefill.onnx, decode.onnx[, decode_k<K>.onnx]
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(proto)
+        _fix_shapes(fixed, dict(spec.symbols))
+        onnx.save_model(fixed, str(out / graphs[spec.name]))
+    options = {"intra_op_num_threads": params.num_cores, "inter_op_num_threads": 1,
+               "execution_mode": "sequential", "graph_optimization_level": "all"}
+    build = config_of(params)
+    build["hw"]["target"] = "cpu"
+    program = fmt.Program(fmt.ONNXRUNTIME, signature, specs, graphs, tuple(weights), options, build=build)
+    fmt.write_program(out, program)
+    load_seconds = _prove_loads(out, program)
+    return {"graphs": list(graphs.values()), "load_seconds": load_seconds}
+
+
+@hook("compile_ort", "check")
+def check(params: CompileOrtParams, facts: Any = None) -> None:
+    if not isinstance(params.num_cores, int) or not 1 <= params.num_cores <= 4096:
+        raise UserError(f"hw.num_cores: {params.num_cores!r} is not allowed; allowed: an integer >= 1")
+    spz.check_plan(params, facts)
+
+
+def _fix_shapes(model: Any, sizes: dict[str, int]) -> None:
+    """Replace the named dynamic axes by the specialization's sizes everywhere they appear."""
+    graph = model.graph
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in sizes:
+                dim.dim_value = sizes[dim.dim_param]
+
+
+def _prove_loads(out: Path, program: Any) -> dict[str, float]:
+    """Create every session once: a graph ONNX Runtime cannot load must fail the build here."""
+    import time
+
+    import onnxruntime as ort
+
+    from runtime.sessions.ort import session_options
+
+    seconds = {}
+    for spec in program.specializations:
+        file = program.graphs[spec.name]
+        start = time.perf_counter()
+        try:
+            ort.InferenceSession(str(out / file), session_options(program.options), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise RuntimeError(f"compile_ort: ONNX Runtime cannot load {file} "
+                               f"(batch {spec.batch_size}, seq {spec.seq_len}, ctx {spec.ctx_len}): "
+                               f"{type(e).__name__}: {str(e)[:1000]}") from e
+        seconds[file] = round(time.perf_counter() - start, 3)
+    return seconds

@@ -1,0 +1,169 @@
+"""The content-addressed store on a filesystem: immutable blobs, hard-linked trees, locks, atomic ingest.
+
+    <root>/ac/, <root>/index/   action records and the explain index (records.py)
+    <root>/cas/<xx>/<digest>    immutable blobs (read-only files)
+    <root>/trees/<digest>/      materialized outputs, files hard-linked from cas/
+    <root>/tmp/                 builds in progress (a crash leaves garbage here only)
+    <root>/locks/<key>.lock     one builder per key
+    <root>/local/               this machine's state (the digest memo); never needed elsewhere
+
+Nothing is created under the root until something is written, so a run that stops on bad
+input leaves the store as it was.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.store.digests import tree_digest, tree_files
+from pipeline.store.memo import DigestMemo, default_memo_path
+from pipeline.store.records import Records
+
+READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+READ_EXECUTE = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH  # folders, and executable files
+# A file's id in cas/ is its content digest, plus this suffix when it is executable (a
+# script like compile.sh): the mode is part of what is stored, so it survives the store.
+EXEC_SUFFIX = ".x"
+
+
+def content_digest(file_id: str) -> str:
+    return file_id.removesuffix(EXEC_SUFFIX)
+
+
+class Store:
+    def __init__(self, root: str | Path, memo_path: str | Path | None = None):
+        self.root = Path(root).absolute()
+        self.records = Records(self.root)
+        self.memo = DigestMemo(Path(memo_path) if memo_path else default_memo_path(self.root))
+
+    # ---- paths
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "cas" / digest[:2] / digest
+
+    def tree_path(self, digest: str) -> Path:
+        return self.root / "trees" / digest
+
+    # ---- hits
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """A record whose output is intact, or None. Marks the record as used (for gc)."""
+        rec = self.records.read(key)
+        if rec is None or not self.output_intact(rec):
+            return None
+        self.records.touch(key)
+        return rec
+
+    def output_intact(self, rec: dict[str, Any]) -> bool:
+        """Every recorded file of the tree is there with its recorded size and content.
+
+        Content is checked through the memo: a file whose (inode, size, mtime) the memo knows
+        costs a lookup; a file it does not know (a copied or synced store) is hashed once.
+        """
+        if not rec.get("materialized"):
+            return True
+        tree = self.tree_path(rec["digest"])
+        for rel, entry in rec["files"].items():
+            file_id, size = entry[0], entry[1]
+            path = tree / rel
+            try:
+                if os.stat(path).st_size != size or self.memo.file(path) != content_digest(file_id):
+                    return False
+            except OSError:
+                return False
+        return True
+
+    # ---- building
+    def lock(self, key: str):
+        from filelock import FileLock
+
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / "locks" / f"{key}.lock"))
+
+    def new_tmp(self, label: str) -> Path:
+        path = self.root / "tmp" / f"{label}-{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir(parents=True)
+        return path
+
+    def ingest(self, built: Path, point: Callable[[str], None] = lambda p: None) -> tuple[str, dict[str, list]]:
+        """Move a finished output dir into cas/ and trees/; return (tree digest, files).
+
+        ``files``: {relative path: [file id, size]}. ``point`` is called at ``after_blobs`` and
+        ``after_tree`` (instruments: the test fault hook).
+        """
+        rels = tree_files(built)
+        digests = {}
+        for rel in rels:
+            src = built / rel
+            executable = os.stat(src).st_mode & stat.S_IXUSR
+            digest = self.memo.file(src) + (EXEC_SUFFIX if executable else "")
+            self._put_blob(src, digest)
+            digests[rel] = digest
+        point("after_blobs")
+        digest = tree_digest(digests)
+        tree = self.tree_path(digest)
+        if not self._tree_matches(tree, digests):
+            staging = self.new_tmp(f"tree-{digest[:12]}")
+            for rel, d in digests.items():
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.link(self.blob_path(d), staging / rel)
+            for dirpath, _dirs, _files in os.walk(staging, topdown=False):
+                os.chmod(dirpath, READ_EXECUTE)
+            if tree.exists():  # damaged: set aside, never served
+                remove_tree(tree)
+            tree.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staging, tree)
+            except OSError:  # another builder put the same tree in place meanwhile
+                if not self._tree_matches(tree, digests):
+                    raise
+                remove_tree(staging)
+        point("after_tree")
+        files = {rel: [d, os.stat(tree / rel).st_size] for rel, d in digests.items()}
+        remove_tree(built)
+        return digest, files
+
+    def _put_blob(self, src: Path, file_id: str) -> None:
+        blob = self.blob_path(file_id)
+        mode = READ_EXECUTE if file_id.endswith(EXEC_SUFFIX) else READ_ONLY_FILE
+        if blob.exists():
+            try:
+                if self.memo.file(blob) == content_digest(file_id):
+                    return
+            except OSError:
+                pass
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if os.stat(src).st_nlink > 1:  # linked from elsewhere (an input tree): copy, never move
+            tmp = blob.with_name(f".{file_id}.{secrets.token_hex(4)}")
+            shutil.copy2(src, tmp)
+            os.chmod(tmp, mode)
+            os.replace(tmp, blob)
+        else:
+            os.chmod(src, mode)
+            os.replace(src, blob)
+        self.memo.file(blob)
+
+    def _tree_matches(self, tree: Path, digests: dict[str, str]) -> bool:
+        """The tree holds exactly these files, each the same file as its blob (hard links)."""
+        if not tree.is_dir():
+            return False
+        try:
+            if tree_files(tree) != sorted(digests):
+                return False
+            for rel, d in digests.items():
+                if not os.path.samestat(os.stat(tree / rel), os.stat(self.blob_path(d))):
+                    return False
+        except OSError:
+            return False
+        return True
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a (possibly read-only) directory tree."""
+    if not path.exists():
+        return
+    for dirpath, _dirs, _files in os.walk(path):
+        os.chmod(dirpath, stat.S_IRWXU)
+    shutil.rmtree(path)

@@ -1,0 +1,106 @@
+"""The digest memo: local stat state that turns (device, inode, size, mtime) into a content digest.
+
+It plays the part of DVC's state database: a large checkpoint is hashed once, and re-hashed
+only when it changes; keying by inode rather than path means a file hard-linked from a stored
+blob (the weights a package shares with its compile stage) is never re-hashed. It is machine
+state, never part of a record: a store copied or synced elsewhere (new inodes, new mtimes)
+re-hashes each file once, then hits.
+
+Where it lives: ``store.memo`` if set; else ``<store root>/local/memo.sqlite`` when the store is
+on a local filesystem, and under ``$XDG_CACHE_HOME/ai100-pipeline/`` (one file per store root)
+when the store is on a network filesystem, where SQLite's locking is not safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+from pipeline.store.digests import hash_file, tree_digest, tree_files
+
+# Filesystem types whose locking SQLite cannot rely on (and whose inodes mean nothing to another host).
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+              "afs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs", "fuse.glusterfs")
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (its nearest existing ancestor), from /proc/self/mountinfo."""
+    path, rest = Path(path).absolute(), []
+    while not path.exists() and path != path.parent:  # where it will be: its nearest existing ancestor, resolved
+        path, rest = path.parent, [path.name, *rest]
+    real = os.path.join(os.path.realpath(path), *rest)
+    best, fstype = "", None
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, fstype = mount, right.split()[0]
+    return fstype
+
+
+def default_memo_path(root: Path, fstype: str | None = None) -> Path:
+    fstype = fstype or filesystem_type(root) or ""
+    if fstype in NETWORK_FS or fstype.startswith("nfs"):
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        name = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:16]
+        return cache / "ai100-pipeline" / f"memo-{name}.sqlite"
+    return Path(root) / "local" / "memo.sqlite"
+
+
+class DigestMemo:
+    """File digests remembered by (device, inode, size, mtime_ns) in SQLite; safe across processes.
+
+    With ``db_path=None`` nothing is remembered (used before the store may be written to).
+    """
+
+    def __init__(self, db_path: Path | None):
+        self.db_path = db_path
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if self.db_path is None:
+            return None
+        if self._db is None:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")  # a local disk, by construction
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS memo (dev INTEGER, inode INTEGER, size INTEGER,"
+                " mtime INTEGER, digest TEXT, PRIMARY KEY (dev, inode))"
+            )
+        return self._db
+
+    def file(self, path: Path) -> str:
+        """The content digest of a file: remembered when its stat is unchanged, else hashed (and remembered)."""
+        st = os.stat(path)
+        ident = (st.st_dev, st.st_ino)
+        db = self._conn()
+        if db is not None:
+            row = db.execute("SELECT size, mtime, digest FROM memo WHERE dev=? AND inode=?", ident).fetchone()
+            if row and (row[0], row[1]) == (st.st_size, st.st_mtime_ns):
+                return row[2]
+        digest = hash_file(path)
+        if db is not None:
+            db.execute("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?)", (*ident, st.st_size, st.st_mtime_ns, digest))
+        return digest
+
+    def path(self, path: Path) -> str:
+        """Digest of a file, or of a folder's tree (by content only, not location)."""
+        path = Path(path)
+        if path.is_dir():
+            return tree_digest({rel: self.file(path / rel) for rel in tree_files(path)})
+        return self.file(path)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -92,9 +92,7 @@ def check(params: ValidateParams, facts: Any = None) -> None:
 def resolve(params: ValidateParams) -> ValidateParams:
     """Which runtime will run an AI 100 package here (cheap: nothing is imported)."""
     import dataclasses
-    import importlib.util
 
-    from passes.targets.ai100.sdk import SDK_PYTHON
+    from passes.targets.ai100.sdk import qaicrt_present
 
-    found = importlib.util.find_spec("qaicrt") is not None or any(SDK_PYTHON.glob("qaicrt*"))
-    return dataclasses.replace(params, runner="qaicrt" if found else "onnxruntime")
+    return dataclasses.replace(params, runner="qaicrt" if qaicrt_present() else "onnxruntime")

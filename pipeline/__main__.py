@@ -18,8 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.config import register
-from pipeline.overrides import replace_dicts, rewrite_argv
-from pipeline.precheck import precheck_overrides
+from pipeline.overrides import replace_dicts
 from pipeline.pass_api import UserError
 
 register()
@@ -92,12 +91,6 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.callbacks import exit_code
+    from pipeline.cli import launch
 
-    problem = precheck_overrides(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv[1:] = rewrite_argv(sys.argv[1:])
-    main()
-    sys.exit(exit_code())
+    launch(main, "config")

@@ -72,10 +72,23 @@ class StoreConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """The benchmark stage: a fixed prompt set, generated after a warm-up run, medians of ``repeats``."""
+
+    prompts: List[str] = field(default_factory=lambda: [
+        "My name is", "The capital of France is", "Write a haiku about the sea.",
+        "Explain in one sentence what a compiler does."])
+    generation_len: int = 64
+    repeats: int = 3
+    chat: bool = False
+
+
+@dataclass
 class PipelineConfig:
     stages: Dict[str, Any] = field(default_factory=dict)
     show_graph: bool = False
     force: List[str] = field(default_factory=list)  # stages to re-run even when cached
+    benchmark: bool = False                          # run the benchmark stage (stages with enabled: ${pipeline.benchmark})
 
 
 @dataclass
@@ -87,8 +100,33 @@ class Config:
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+@dataclass
+class SamplingConfig:
+    """Host-side token choice (runtime.sampling): temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0                    # 0: off
+    top_p: float = 1.0                # 1: off
+    repetition_penalty: float = 1.0   # 1: off
+    seed: int = 0
+
+
+@dataclass
+class InferConfig(Config):
+    """``python -m pipeline.infer``: the build's config plus what to generate (exactly one prompt source)."""
+
+    prompt: Optional[str] = None
+    prompts: Optional[List[str]] = None
+    prompts_file: Optional[str] = None   # one prompt a line, or a .json list of strings
+    chat: bool = False                   # apply the model's chat template
+    generation_len: Optional[int] = None  # new tokens at most; null: until EOS or ctx_len
+    stream: bool = False                 # print tokens as they come
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 def _package_file(package: str, name: str) -> str:
@@ -108,6 +146,7 @@ def register() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    cs.store(name="infer_config", node=InferConfig)
     for target, schema in target_schemas().items():
         cs.store(group="hw_schema", name=target, node=schema)
     if not OmegaConf.has_resolver("package_file"):

@@ -52,6 +52,7 @@ class BuildResult:
     store_root: Path
     packages: dict[str, Path] = field(default_factory=dict)          # role -> package tree
     validations: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> validation result
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)   # role -> benchmark result
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,8 @@ class BuildResult:
             "package": str(self.package) if self.package else None,
             "packages": {role: str(p) for role, p in self.packages.items()},
             "validations": dict(self.validations),
+            "benchmark": self.benchmarks.get("model"),
+            "benchmarks": dict(self.benchmarks),
             "store": str(self.store_root),
         }
 
@@ -285,9 +288,10 @@ class Executor:
             r = self.results[s.name]
             if s.spec.provides == "package" and r.status in ("ran", "cached"):
                 res.packages[s.role] = self.store.tree_path(r.digest)
-            if s.spec.provides == "validation" and (r.result or r.status == "failed"):
-                if r.result:
-                    res.validations[s.role] = r.result
+            if s.spec.provides == "validation" and r.result:
+                res.validations[s.role] = r.result
+            if s.spec.provides == "benchmark" and r.result:
+                res.benchmarks[s.role] = r.result
         return res
 
 

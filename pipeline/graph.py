@@ -1,9 +1,10 @@
 """The stage graph: built from ``pipeline.stages`` with networkx, checked before anything runs.
 
 A stage is ``{pass: <name>, inputs: {<input>: <stage>}, bind: {<root>: <config root>},
-set: {<config path>: <value>}}``. ``bind`` points the config roots its pass reads at other
-roots (``{model: draft_model}``: the draft chain of a two-model pipeline); the stage's *role*
-is the root its ``model`` is bound to. ``set`` fixes parameters for this stage alone.
+set: {<config path>: <value>}, enabled: <bool>}``. ``bind`` points the config roots its pass
+reads at other roots (``{model: draft_model}``: the draft chain of a two-model pipeline); the
+stage's *role* is the root its ``model`` is bound to. ``set`` fixes parameters for this stage
+alone. ``enabled: false`` (e.g. ``${pipeline.benchmark}``) leaves the stage out.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import networkx as nx
 from pipeline.discovery import find_pass
 from pipeline.pass_api import PassSpec, UserError
 
-STAGE_KEYS = ("pass", "inputs", "bind", "set")
+STAGE_KEYS = ("pass", "inputs", "bind", "set", "enabled")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ def build_graph(stages_cfg: Mapping[str, Any]) -> nx.DiGraph:
     if not stages_cfg:
         raise UserError("pipeline.stages: {} is not allowed; a pipeline needs at least one stage")
     g = nx.DiGraph()
+    disabled = set()
     for order, (name, body) in enumerate(stages_cfg.items()):
         where = f"pipeline.stages.{name}"
         if not isinstance(body, Mapping) or "pass" not in body:
@@ -44,6 +46,12 @@ def build_graph(stages_cfg: Mapping[str, Any]) -> nx.DiGraph:
         unknown = sorted(set(body) - set(STAGE_KEYS))
         if unknown:
             raise UserError(f"{where}.{unknown[0]}: not a stage key; allowed keys of a stage: {', '.join(STAGE_KEYS)}")
+        enabled = body.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise UserError(f"{where}.enabled: {enabled!r} is not allowed; allowed: true | false")
+        if not enabled:
+            disabled.add(name)
+            continue
         spec = find_pass(body["pass"], f"{where}.pass")
         bind = dict(body.get("bind") or {})
         for root, target in bind.items():
@@ -53,6 +61,9 @@ def build_graph(stages_cfg: Mapping[str, Any]) -> nx.DiGraph:
         g.add_node(name, stage=stage, order=order)
     for name in list(g.nodes):
         for input_name, upstream in g.nodes[name]["stage"].inputs.items():
+            if upstream in disabled:
+                raise UserError(f"pipeline.stages.{name}.inputs.{input_name}: {upstream!r} is disabled; "
+                                f"allowed: an enabled stage")
             if upstream not in g.nodes:
                 raise UserError(
                     f"pipeline.stages.{name}.inputs.{input_name}: {upstream!r} is not a stage; "

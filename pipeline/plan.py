@@ -13,8 +13,9 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import networkx as nx
 from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, check_config
@@ -36,14 +37,24 @@ class BuildPlan:
     graph: Any
 
 
-def prepare(cfg: Any, resolve: bool = True) -> BuildPlan:
-    """The checked plan; ``resolve=False`` checks only (no hub lookups, no compiler discovery)."""
+def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = ()) -> BuildPlan:
+    """The checked plan; ``resolve=False`` checks only (no hub lookups, no compiler discovery).
+
+    ``goals``: build only the stages that provide these (``"package"``) for the ``model`` role,
+    and what they need (``python -m pipeline.infer`` needs no reference and no validation).
+    """
     check_config(cfg)
     g = build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
+    if goals:
+        wanted = [n for n in g.nodes if g.nodes[n]["stage"].spec.provides in goals and g.nodes[n]["stage"].role == "model"]
+        if not wanted:
+            raise UserError(f"pipeline.stages: no stage provides {' or '.join(goals)} for the model; "
+                            f"allowed: a pipeline with a {goals[0]} stage")
+        g = g.subgraph(set(wanted).union(*(nx.ancestors(g, n) for n in wanted))).copy()
     stages = stage_order(g)
     force = frozenset(cfg.pipeline.force)
     for name in force:
-        if name not in g.nodes:
+        if name not in g.nodes and not goals:
             raise UserError(f"pipeline.force: {name!r} is not a stage; allowed: {', '.join(g.nodes)}")
     models: dict[str, str] = {}
     for stage in stages:

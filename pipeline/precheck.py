@@ -14,7 +14,7 @@ from pipeline.overrides import parser, rewrite_argv
 MAX_SWEEP_CHECKS = 64
 
 
-def precheck_overrides(argv: Sequence[str], note: Any = None) -> str | None:
+def precheck_overrides(argv: Sequence[str], note: Any = None, config_name: str = "config") -> str | None:
     """Compose every configuration the command line asks for; the first error as one line.
 
     A sweep (``-m``) also gets each combination's plan checked (the passes' check hooks, no
@@ -34,7 +34,7 @@ def precheck_overrides(argv: Sequence[str], note: Any = None) -> str | None:
     try:
         combos = _combinations(overrides) if args.multirun else [overrides]
     except Exception as exc:  # noqa: BLE001
-        return one_line(exc)
+        return one_line(exc, config_name)
     checked = combos if len(combos) <= MAX_SWEEP_CHECKS else _sample(combos)
     if len(checked) < len(combos):
         import sys
@@ -48,9 +48,9 @@ def precheck_overrides(argv: Sequence[str], note: Any = None) -> str | None:
 
     for combo in checked:
         try:
-            cfg = compose(combo, config_name=args.config_name or "config")
+            cfg = compose(combo, config_name=args.config_name or config_name)
         except Exception as exc:  # noqa: BLE001
-            return one_line(exc)
+            return one_line(exc, config_name)
         if args.multirun and not cfg.pipeline.show_graph:
             try:
                 prepare(cfg, resolve=False)
@@ -86,7 +86,7 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.product(*choices)]
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, config_name: str = "config") -> str:
     """Hydra's and OmegaConf's composition errors, as 'key: value is not allowed; allowed: ...'."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
@@ -109,16 +109,17 @@ def one_line(exc: BaseException) -> str:
     m = re.match(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)')", first)
     if key and m:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        allowed = _keys_of(parent)
+        allowed = _keys_of(parent, config_name)
         return f"{key}: not a config key; allowed keys{' of ' + parent if parent else ''}: {allowed}"
     return " ".join(text.split("\n")[:1]) or type(exc).__name__
 
 
-def _keys_of(node_path: str) -> str:
+def _keys_of(node_path: str, config_name: str = "config") -> str:
     from pipeline.api import compose
 
     try:
-        node = OmegaConf.select(compose([]), node_path) if node_path else compose([])
+        root = compose([], config_name=config_name)
+        node = OmegaConf.select(root, node_path) if node_path else root
         return ", ".join(node.keys())
     except Exception:  # noqa: BLE001
         return "see `python -m pipeline --cfg job`"

@@ -96,13 +96,14 @@ def _rows(batch_size: int, prompts: Sequence[object]) -> list[list[int]]:
 
 
 def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
-         kv: dict[str, np.ndarray]) -> np.ndarray:
+         kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None) -> np.ndarray:
     """One run of a specialization; the retained KV outputs become the next step's past (in
     ``kv``). Returns the logits of the given rows.
 
     ids and pos are padded to the specialization's shape (position -1: writes no KV row or slot).
-    Continuous batching: input row r uses KV row r. Speculative target: the logits of the last
-    num_logits_to_keep valid positions come back, ``[:, -1]`` being the last one.
+    Continuous batching: input row r uses KV row ``batch_index[r]`` (default: r). Speculative
+    target: the logits of the last num_logits_to_keep valid positions come back, ``[:, -1]``
+    being the last one.
     """
     sig = session.program.signature
     rows = len(ids)
@@ -113,7 +114,8 @@ def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.nd
     feeds = {sig.input(fmt.TOKEN_IDS).name: np.pad(ids, pad),
              sig.input(fmt.POSITIONS).name: np.pad(pos, pad, constant_values=PAD_POSITION), **kv}
     if (index := sig.input(fmt.BATCH_INDEX)) is not None:
-        feeds[index.name] = np.arange(spec.batch_size, dtype=np.int64)[:, None]
+        rows_index = np.arange(spec.batch_size, dtype=np.int64)[:, None] if batch_index is None else batch_index
+        feeds[index.name] = np.asarray(rows_index, dtype=np.int64).reshape(spec.batch_size, 1)
     if (keep := sig.input(fmt.LOGITS_TO_KEEP)) is not None:
         feeds[keep.name] = np.zeros((int(spec.symbols.get("num_logits_to_keep", 1)), 1), dtype=np.int64)
     out = session.run(spec, feeds)

@@ -33,11 +33,21 @@ class Run:
     def stage(self, name: str) -> dict:
         return next(s for s in self.summary["stages"] if s["name"] == name)
 
+    @property
+    def exec_info(self) -> dict:
+        return json.loads((self.run_dir / "exec_info.json").read_text())
+
+
+def infer(store: Path, *overrides: str, **kw) -> Run:
+    """``python -m pipeline.infer`` (build up to the package, then generate)."""
+    return run_pipeline(store, *overrides, entry="pipeline.infer", **kw)
+
 
 def run_pipeline(store: Path, *overrides: str, env: dict | None = None, model: str = "tiny_llama",
-                 timeout: float = 600, cwd: Path = ROOT) -> Run:
+                 timeout: float = 600, cwd: Path = ROOT, entry: str = "pipeline") -> Run:
+    """``python -m <entry>`` (pipeline, or pipeline.infer) in a subprocess, with its own run directory."""
     run_dir = store.parent / f"run-{os.getpid()}-{next(_runs)}"
-    args = [sys.executable, "-m", "pipeline", f"model={model}", f"store.root={store}",
+    args = [sys.executable, "-m", entry, f"model={model}", f"store.root={store}",
             f"hydra.run.dir={run_dir}", *overrides]
     p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, **(env or {})})
@@ -82,4 +92,4 @@ def chmod_tree_writable(path: Path) -> None:
         os.chmod(dirpath, 0o755)
 
 
-__all__ = ["Run", "run_pipeline", "store_snapshot", "copy_store", "chmod_tree_writable", "shutil"]
+__all__ = ["Run", "run_pipeline", "infer", "store_snapshot", "copy_store", "chmod_tree_writable", "shutil"]

@@ -79,7 +79,14 @@ class AI100Session:
         return {}  # the retained state lives on the device
 
     def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # The device picks the specialization from the buffers' dimensions.
+        # The device picks the specialization from the buffers' dimensions: inputs as fed, and
+        # outputs as the signature gives them for this specialization's symbols.
+        for v in self.program.signature.outputs:
+            if v.name not in self._kv_names:
+                i = self._index[v.name]
+                dims = [spec.symbols[d] if isinstance(d, str) else int(d) for d in v.shape]
+                self._dims[i] = (self._dims[i][0], dims)
+                self._buffers[i] = self._qaicrt.QBuffer(bytes(int(np.prod(dims)) * self._dims[i][0]))
         for name, value in feeds.items():
             if name in self._kv_names:
                 continue

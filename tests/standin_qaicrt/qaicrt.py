@@ -115,8 +115,13 @@ class ExecObj:
         self.outputs = [b""] * len(bindings)
         for b in bindings:
             if b["dir"] == 1 and not b["name"].endswith("_RetainedState"):
-                self.outputs[b["index"]] = values[b["name"]].tobytes()
-                self.dims[b["index"]] = (values[b["name"]].itemsize, list(values[b["name"]].shape))
+                out = values[b["name"]]
+                # a device writes into the buffer the session set up: its dims must be the output's
+                assert self.dims[b["index"]][1] == list(out.shape), (
+                    f"stand-in qaicrt: output {b['name']} has shape {list(out.shape)}, "
+                    f"the session's buffer dims are {self.dims[b['index']][1]}")
+                assert len(self.buffers[b["index"]]) == out.nbytes, f"stand-in qaicrt: {b['name']} buffer size"
+                self.outputs[b["index"]] = out.tobytes()
 
     def waitForCompletion(self) -> int:
         return SUCCESS

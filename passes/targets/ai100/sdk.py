@@ -70,3 +70,10 @@ def _xml_version(path: Path) -> Optional[str]:
     if not base:
         return None
     return f"{base}.{build}" if build else base
+
+
+def qaicrt_present() -> bool:
+    """Whether the Platform SDK's Python runtime (qaicrt) is importable here, found without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("qaicrt") is not None or any(SDK_PYTHON.glob("qaicrt*"))

@@ -1,0 +1,154 @@
+"""``python -m pipeline.infer prompt="My name is" [build overrides]``: build or reuse the package, then generate.
+
+Takes the build's config groups and keys (``model=... hw=... compile.*``) and builds only what
+the package needs (no reference, no validation). Prompts come from exactly one of ``prompt=``,
+``prompts=[...]`` or ``prompts_file=`` (one a line, or a .json list of strings); ``chat=true``
+applies the model's chat template; ``generation_len`` bounds the new tokens; ``stream=true``
+prints tokens as they come; ``sampling.*`` chooses them (greedy by default). The run
+directory gets ``exec_info.json`` and ``summary.json``. Build progress goes to stderr, the
+texts and metrics to stdout. Exit codes as ``python -m pipeline``: 0, 1 a stage or the
+generation failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import register
+from pipeline.overrides import replace_dicts
+from pipeline.pass_api import UserError
+
+register()
+CONFIG = "infer"
+
+
+def read_prompts(cfg: Any) -> list[str]:
+    """The prompts from the one source given; UserError naming the key otherwise."""
+    given = [k for k in ("prompt", "prompts", "prompts_file") if cfg.get(k) is not None]
+    if len(given) != 1:
+        raise UserError(f"prompt: {'set with ' + ', '.join(given) if given else 'not set'}; allowed: exactly one of "
+                        "prompt=<text>, prompts=[<text>, ...] or prompts_file=<path> (one a line, or a .json list)")
+    if cfg.prompt is not None:
+        prompts = [cfg.prompt]
+    elif cfg.prompts is not None:
+        prompts = list(cfg.prompts)
+    else:
+        prompts = _prompts_file(Path(cfg.prompts_file))
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise UserError(f"{given[0]}: {prompts!r} is not allowed; allowed: one or more non-empty strings")
+    return prompts
+
+
+def _prompts_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"prompts_file: {str(path)!r} cannot be read ({e.strerror}); allowed: a readable text or .json file") from None
+    if path.suffix == ".json":
+        try:
+            prompts = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"prompts_file: {str(path)!r} is not valid JSON ({e}); allowed: a .json list of strings") from None
+        if not isinstance(prompts, list):
+            raise UserError(f"prompts_file: {str(path)!r} holds a {type(prompts).__name__}; allowed: a .json list of strings")
+        return prompts
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def sampling_params(cfg: Any) -> Any:
+    from runtime.sampling import SamplingParams
+
+    params = SamplingParams(**OmegaConf.to_container(cfg.sampling, resolve=True))
+    try:
+        params.check()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return params
+
+
+@hydra.main(config_path="../conf", config_name=CONFIG, version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("hydra").setLevel(logging.INFO)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    replace_dicts(cfg, hydra_cfg.overrides.task)
+    try:
+        prompts = read_prompts(cfg)
+        sampling = sampling_params(cfg)
+        if cfg.generation_len is not None and cfg.generation_len < 1:
+            raise UserError(f"generation_len: {cfg.generation_len!r} is not allowed; allowed: an integer >= 1, or null")
+        from pipeline.api import build
+
+        result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
+                       goals=("package",))
+    except UserError as exc:
+        return _finish(run_dir, 2, {"error": str(exc)}, str(exc))
+    summary: dict[str, Any] = {**result.summary()}
+    if not result.ok or result.package is None:
+        return _finish(run_dir, 1, summary, None)
+    try:
+        info = _generate(cfg, result.package, prompts, sampling)
+    except UserError as exc:
+        return _finish(run_dir, 2, {**summary, "error": str(exc)}, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a generation failure is reported like a stage failure
+        (run_dir / "infer.error.txt").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "infer.error.txt").write_text("".join(traceback.format_exception(exc)))
+        message = f"generation failed: {type(exc).__name__}: {exc}"
+        return _finish(run_dir, 1, {**summary, "error": message}, message)
+    path = info.write(run_dir)
+    print(info, flush=True)
+    print(f"exec info: {path}", flush=True)
+    return _finish(run_dir, 0, {**summary, "exec_info": str(path)}, None)
+
+
+def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any) -> Any:
+    from runtime import package_format as fmt
+    from runtime.sessions import open_session
+    from runtime.textgen import Streamer, generate_texts
+    from runtime.tokenizer import load_tokenizer
+
+    program = fmt.read_program(package)
+    device = "cpu"
+    if program.backend == fmt.QAIC:
+        if not (package / program.qpc / "programqpc.bin").is_file():
+            raise UserError("compile.dry_run: True is not allowed for inference; allowed: false (a package with a "
+                            "compiled qpc/programqpc.bin)")
+        device = "ai100"
+    try:
+        session = open_session(package, device)
+    except ImportError as e:
+        raise UserError(f"hw.target: {program.build.get('hw', {}).get('target')!r} needs the Cloud AI 100 runtime here; {e}") from None
+    tokenizer = load_tokenizer(package)
+    on_token = Streamer(tokenizer, len(prompts)) if cfg.stream else None
+    generation_len = cfg.generation_len or program.ctx_len
+    try:
+        info = generate_texts(session, tokenizer, package, prompts, generation_len, cfg.chat, sampling, on_token)
+    except ValueError as e:  # a prompt that does not fit, a chat template the model lacks
+        raise UserError(str(e)) from None
+    if cfg.stream:
+        print(flush=True)
+    return info
+
+
+def _finish(run_dir: Path, code: int, summary: dict[str, Any], message: str | None) -> dict[str, Any]:
+    if message:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    summary = {**summary, "exit_code": code}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    from pipeline.cli import launch
+
+    launch(main, CONFIG)

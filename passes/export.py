@@ -40,7 +40,8 @@ def io_names(num_layers: int, batch_index: bool = False,
 
 
 def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[str, str],
-              dims: Mapping[str, int], batch_index: bool = False, num_logits_to_keep: bool = False) -> fmt.Signature:
+              dims: Mapping[str, int], batch_index: bool = False, num_logits_to_keep: bool = False,
+              kv_update: str = "scatter") -> fmt.Signature:
     """The graph's IO signature: the names io_names gives, each with its role."""
     roles = {"input_ids": fmt.TOKEN_IDS, "position_ids": fmt.POSITIONS, "batch_index": fmt.BATCH_INDEX,
              "num_logits_to_keep": fmt.LOGITS_TO_KEEP, "logits": fmt.LOGITS}
@@ -53,7 +54,7 @@ def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[
         return fmt.IoValue(name, roles[name], dtypes[name], tuple(shapes[name]))
 
     names_in, names_out = io_names(num_layers, batch_index, num_logits_to_keep)
-    return fmt.Signature(tuple(map(value, names_in)), tuple(map(value, names_out)), dict(dims))
+    return fmt.Signature(tuple(map(value, names_in)), tuple(map(value, names_out)), dict(dims), kv_update)
 
 
 def dynamic_axes(num_layers: int, batch_index: bool = False,
@@ -95,7 +96,7 @@ def example_inputs(model: Any) -> tuple[Any, ...]:
 def variants(model: Any, params: ExportParams) -> dict[str, bool]:
     """The graph's optional inputs, from the transform; the export params must agree."""
     have = {"batch_index": bool(model.has_batch_index), "num_logits_to_keep": bool(model.has_num_logits_to_keep)}
-    want = {"batch_index": params.full_batch_size is not None,
+    want = {"batch_index": params.full_batch_size is not None and model.attention != "gqa",  # gqa: rows by the runtime
             "num_logits_to_keep": params.num_speculative_tokens is not None}
     if have != want:
         raise RuntimeError(f"export: the transform built inputs {have}, the export params ask for {want}")
@@ -116,14 +117,20 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     extra = variants(model, params)
     names_in, names_out = io_names(model.num_layers, **extra)
     axes = dynamic_axes(model.num_layers, **extra)
+    custom: dict[str, Any] = {}
+    if model.attention == "gqa":  # ONNX Runtime's GroupQueryAttention (com.microsoft)
+        from passes.transforms import gqa
+
+        custom = {"table": gqa.register_exporters(), "opsets": {gqa.DOMAIN: 1}}
     with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:
-            _export_dynamo(model, args, raw, names_in, names_out, params.opset, **extra)
+            _export_dynamo(model, args, raw, names_in, names_out, params.opset, custom.get("table"), **extra)
         else:
             torch.onnx.export(
                 model, args, str(raw), dynamo=False, input_names=names_in, output_names=names_out,
                 dynamic_axes=axes, opset_version=params.opset, do_constant_folding=True,
+                custom_opsets=custom.get("opsets"),
             )
         proto = onnx.load(str(raw))
     _strip_nondeterminism(proto)
@@ -135,7 +142,8 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
         raise RuntimeError(f"export: asked for opset {params.opset}, the exporter produced {opset}")
     onnx_files.save_ir(ir_model, out)
     shapes, dtypes = onnx_files.io_shapes(ir_model)
-    fmt.write_signature(out, signature(model.num_layers, shapes, dtypes, dims, **extra))
+    kv_update = fmt.KV_IN_PLACE if model.attention == "gqa" else fmt.KV_SCATTER
+    fmt.write_signature(out, signature(model.num_layers, shapes, dtypes, dims, kv_update=kv_update, **extra))
     return {"nodes": len(proto.graph.node), "exporter": "dynamo" if params.dynamo else "torchscript"}
 
 
@@ -149,7 +157,7 @@ def check(params: ExportParams, facts: Any = None) -> None:
 
 
 def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], names_out: list[str], opset: int,
-                   batch_index: bool = False, num_logits_to_keep: bool = False) -> None:
+                   table: Any = None, batch_index: bool = False, num_logits_to_keep: bool = False) -> None:
     import torch
     from torch.export import Dim
 
@@ -162,7 +170,7 @@ def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], nam
     try:
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes, input_names=names_in,
                                     output_names=names_out, opset_version=opset, optimize=False,
-                                    verbose=False)
+                                    verbose=False, custom_translation_table=table)
     except Exception as e:  # the dynamo exporter's errors are long; keep the head
         raise RuntimeError(f"export.dynamo=true failed: {type(e).__name__}: {str(e)[:2000]}") from e
     program.save(str(path), external_data=True)

@@ -153,6 +153,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("package_file", _package_file)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
+    if not OmegaConf.has_resolver("min"):  # e.g. the cpu preset's prefill chunk: ${min:128,${compile.ctx_len}}
+        OmegaConf.register_new_resolver("min", lambda *values: min(values))
 
 
 def check_config(cfg: Any) -> None:

@@ -49,8 +49,9 @@ def generate(session: Session, prompts: Sequence[int] | Sequence[Sequence[int]],
     kv = session.new_kv()
     chunk = prefill.seq_len
     for first in range(0, max(lengths), chunk):
-        ids = np.zeros((batch, chunk), dtype=np.int64)
-        pos = np.full((batch, chunk), PAD_POSITION, dtype=np.int64)
+        width = min(chunk, max(lengths) - first) if prefill.upper_bound else chunk  # a dynamic graph: no padding
+        ids = np.zeros((batch, width), dtype=np.int64)
+        pos = np.full((batch, width), PAD_POSITION, dtype=np.int64)
         for r, row in enumerate(rows):
             part = row[first:first + chunk]
             ids[r, :len(part)] = part
@@ -107,19 +108,21 @@ def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.nd
     """
     sig = session.program.signature
     rows = len(ids)
-    pad = ((0, spec.batch_size - rows), (0, spec.seq_len - ids.shape[1]))
+    # a specialization that is an upper bound takes any length up to it: no need to pad the sequence
+    seq = ids.shape[1] if spec.upper_bound else spec.seq_len
+    pad = ((0, spec.batch_size - rows), (0, seq - ids.shape[1]))
     if min(pad[0][1], pad[1][1]) < 0:
         raise ValueError(f"generate: {ids.shape} tokens do not fit specialization {spec.name} "
                          f"({spec.batch_size} x {spec.seq_len})")
     feeds = {sig.input(fmt.TOKEN_IDS).name: np.pad(ids, pad),
              sig.input(fmt.POSITIONS).name: np.pad(pos, pad, constant_values=PAD_POSITION), **kv}
+    kv_rows = None if batch_index is None else np.asarray(batch_index, dtype=np.int64).reshape(spec.batch_size, 1)
     if (index := sig.input(fmt.BATCH_INDEX)) is not None:
-        rows_index = np.arange(spec.batch_size, dtype=np.int64)[:, None] if batch_index is None else batch_index
-        feeds[index.name] = np.asarray(rows_index, dtype=np.int64).reshape(spec.batch_size, 1)
+        feeds[index.name] = np.arange(spec.batch_size, dtype=np.int64)[:, None] if kv_rows is None else kv_rows
     if (keep := sig.input(fmt.LOGITS_TO_KEEP)) is not None:
         feeds[keep.name] = np.zeros((int(spec.symbols.get("num_logits_to_keep", 1)), 1), dtype=np.int64)
-    out = session.run(spec, feeds)
-    if not session.kv_on_device:
+    out = session.run(spec, feeds, kv_rows)
+    if not session.keeps_kv:
         for past in sig.past_kv():
             kv[past.name] = out[sig.retained(past).name]
     return out[sig.output(fmt.LOGITS).name][:rows]

@@ -46,6 +46,10 @@ INPUT_ROLES = (TOKEN_IDS, POSITIONS, PAST_KV, BATCH_INDEX, LOGITS_TO_KEEP, ADAPT
 OUTPUT_ROLES = (LOGITS, RETAINED_KV, POOLED_OUTPUT, HIDDEN_STATES)
 KV_KINDS = ("key", "value")
 
+# ---- how a graph updates its past_kv (Signature.kv_update)
+KV_SCATTER = "scatter"    # retained_kv outputs are the whole updated cache: feed them back as the next past
+KV_IN_PLACE = "in_place"  # the graph writes only the new rows; bind past and retained to one buffer, no copy
+
 # ---- roles of specializations (compiled shapes)
 PREFILL = "prefill"    # takes the prompt, a chunk of seq_len tokens at a time
 DECODE = "decode"      # one new token per sequence
@@ -81,11 +85,13 @@ class IoValue:
 
 @dataclass(frozen=True)
 class Signature:
-    """A graph's inputs and outputs with their roles, and the model's dims (num_layers, vocab_size, ...)."""
+    """A graph's inputs and outputs with their roles, the model's dims (num_layers, vocab_size, ...),
+    and how it updates its KV cache (``kv_update``: KV_SCATTER or KV_IN_PLACE)."""
 
     inputs: tuple[IoValue, ...]
     outputs: tuple[IoValue, ...]
     dims: Mapping[str, int] = field(default_factory=dict)
+    kv_update: str = KV_SCATTER
 
     def input(self, role: str) -> IoValue | None:
         """The single input of a role, or None when the graph has none."""
@@ -114,16 +120,17 @@ class Signature:
             return IoValue(v.name, v.role, (dtypes or {}).get(v.name, v.dtype), tuple(shapes.get(v.name, v.shape)),
                            v.layer, v.kv)
 
-        return Signature(tuple(map(redo, self.inputs)), tuple(map(redo, self.outputs)), dict(self.dims))
+        return Signature(tuple(map(redo, self.inputs)), tuple(map(redo, self.outputs)), dict(self.dims), self.kv_update)
 
     def to_json(self) -> dict[str, Any]:
         return {"inputs": [v.to_json() for v in self.inputs], "outputs": [v.to_json() for v in self.outputs],
-                "dims": dict(self.dims)}
+                "dims": dict(self.dims), "kv_update": self.kv_update}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Signature":
         return cls(tuple(IoValue.from_json(v) for v in d["inputs"]),
-                   tuple(IoValue.from_json(v) for v in d["outputs"]), dict(d.get("dims", {})))
+                   tuple(IoValue.from_json(v) for v in d["outputs"]), dict(d.get("dims", {})),
+                   d.get("kv_update", KV_SCATTER))
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class Specialization:
     roles: tuple[str, ...]
     symbols: Mapping[str, int]
     k: int | None = None  # decode_k: the number of proposed tokens it scores (seq_len = k + 1)
+    upper_bound: bool = False  # its graph takes any batch and length up to these: no padding needed
 
     @property
     def batch_size(self) -> int:
@@ -151,11 +159,14 @@ class Specialization:
         out = {"name": self.name, "roles": list(self.roles), "symbols": dict(self.symbols)}
         if self.k is not None:
             out["k"] = self.k
+        if self.upper_bound:
+            out["upper_bound"] = True
         return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Specialization":
-        return cls(d["name"], tuple(d["roles"]), {k: int(v) for k, v in d["symbols"].items()}, d.get("k"))
+        return cls(d["name"], tuple(d["roles"]), {k: int(v) for k, v in d["symbols"].items()}, d.get("k"),
+                   bool(d.get("upper_bound", False)))
 
 
 @dataclass(frozen=True)
@@ -163,9 +174,11 @@ class Program:
     """What runs: the graph's signature, the compiled shapes, and the backend's files.
 
     ``graphs``: specialization name -> the ONNX file ONNX Runtime runs for it (a fixed-shape
-    graph each, or one dynamic graph for all: the AI 100 program's ONNX view). ``qpc``: the
-    AI 100 program folder. ``validation_target``: what validating the package here compares,
-    ``package`` (the program itself) or ``onnx`` (the ONNX handed to a compiler).
+    graph each, or one dynamic graph for all). ``weights``: their external data files.
+    ``options``: ONNX Runtime session options. ``qpc``: the AI 100 program folder.
+    ``validation_target``: what validating the package here compares, ``package`` (the program
+    itself) or ``onnx`` (the ONNX handed to a compiler). ``build``: the settings it was compiled
+    with, ``{"hw": {...}, "compile": {...}}`` (portable: no paths).
     """
 
     backend: str

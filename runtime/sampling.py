@@ -47,6 +47,8 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, seen: Iterable[int]) -> int:
         p = self.params
+        if p.greedy and p.repetition_penalty == 1.0:
+            return int(logits.argmax())
         scores = logits.astype(np.float64, copy=True)
         if p.repetition_penalty != 1.0:
             ids = np.fromiter(set(seen), dtype=np.int64)

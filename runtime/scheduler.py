@@ -1,8 +1,7 @@
 """Serving many prompts with one package: static batches, or continuous batching over KV slots.
 
 Written against the Session protocol and the package's roles. A package compiled with
-``full_batch_size`` (a ``batch_index`` input, KV rows = full_batch_size) runs continuous
-batching: each prompt is prefilled alone into a free KV row (its *slot*), every decode step
+``full_batch_size`` (KV rows = full_batch_size) runs continuous batching: each prompt is prefilled alone into a free KV row (its *slot*), every decode step
 advances all occupied slots at once, and a slot whose sequence finished takes the next prompt
 before the next step. Any other package runs the prompts in successive batches of its batch
 size, right-padded (padding has position -1 and writes nothing).
@@ -84,7 +83,7 @@ class Scheduler:
         self.decode = self.program.decode_spec(1)
         if self.prefill is None:
             raise ValueError(f"the package has no prefill specialization ({[s.name for s in self.program.specializations]})")
-        self.continuous = self.program.signature.input(fmt.BATCH_INDEX) is not None
+        self.continuous = "full_batch_size" in self.prefill.symbols
         self.ctx_len = self.program.ctx_len
         # A padded write goes to the row's last slot (the static-KV transform), so a decode that
         # pads its own row (a speculative-only package) keeps its real writes off that slot.
@@ -143,8 +142,9 @@ class Scheduler:
         lengths = [len(r.prompt_ids) if r else 0 for r in rows]
         last = np.zeros((len(rows), self.program.signature.dims["vocab_size"]), dtype=np.float32)
         for first in range(0, max(lengths), chunk):
-            ids = np.zeros((len(rows), chunk), dtype=np.int64)
-            pos = np.full((len(rows), chunk), PAD_POSITION, dtype=np.int64)
+            width = min(chunk, max(lengths) - first) if self.prefill.upper_bound else chunk  # a dynamic graph: no padding
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            pos = np.full((len(rows), width), PAD_POSITION, dtype=np.int64)
             for i, r in enumerate(rows):
                 part = r.prompt_ids[first:first + chunk] if r else []
                 ids[i, :len(part)] = part

@@ -15,22 +15,26 @@ from runtime.package_format import Program, Signature, Specialization
 
 @runtime_checkable
 class Session(Protocol):
-    """A loaded program: run one specialization at a time; the KV cache lives on the host or the device.
+    """A loaded program: run one specialization at a time; the KV cache lives with the caller or the session.
 
     - ``program``: the package's program (signature with roles, specializations with roles).
-    - ``kv_on_device``: True when the device keeps the retained KV state between calls (AI 100);
-      then ``new_kv`` is empty and ``run`` neither takes past inputs nor returns retained outputs.
-    - ``new_kv()``: zeroed host KV buffers by input name (role past_kv), [kv_batch, heads, ctx, head_dim].
-    - ``run(spec, feeds)``: one inference of that specialization; feeds by input name, outputs by
-      output name (retained KV outputs included when ``kv_on_device`` is False).
+    - ``keeps_kv``: True when the session keeps the KV cache between calls itself (on the AI 100
+      device, or in ONNX Runtime buffers updated in place); then ``new_kv`` is empty and ``run``
+      neither takes past inputs nor returns retained outputs. False: the caller feeds the past
+      and takes the retained outputs back (``new_kv`` gives the zeroed buffers).
+    - ``new_kv()``: KV buffers by input name (role past_kv), [kv_batch, heads, ctx, head_dim].
+    - ``run(spec, feeds, kv_rows)``: one inference of that specialization; feeds by input name,
+      outputs by output name. ``kv_rows`` [rows, 1]: the KV row each input row uses (continuous
+      batching; default: row r uses row r), fed as ``batch_index`` where the graph has one.
     """
 
     program: Program
-    kv_on_device: bool
+    keeps_kv: bool
 
     def new_kv(self) -> dict[str, np.ndarray]: ...
 
-    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray],
+            kv_rows: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 def host_kv(signature: Signature, program: Program) -> dict[str, np.ndarray]:

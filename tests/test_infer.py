@@ -182,11 +182,10 @@ def test_scheduler_stops_at_eos_and_refills_a_free_slot_at_once(store):
     from runtime.sessions.ort import OrtSession
 
     class Recording(OrtSession):
-        def run(self, spec, feeds):
-            index = next(v for k, v in feeds.items() if k == "batch_index")
-            positions = next(v for k, v in feeds.items() if k == "position_ids")
-            self.log.append((spec.name, index[:, 0].tolist(), positions[:, 0].tolist()))
-            return super().run(spec, feeds)
+        def run(self, spec, feeds, kv_rows=None):
+            rows = range(len(feeds["input_ids"])) if kv_rows is None else kv_rows.reshape(-1).tolist()
+            self.log.append((spec.name, list(rows), feeds["position_ids"][:, 0].tolist()))
+            return super().run(spec, feeds, kv_rows)
 
     session = Recording(r.summary["package"])
     session.log = []
@@ -204,3 +203,14 @@ def test_scheduler_stops_at_eos_and_refills_a_free_slot_at_once(store):
     decodes_before = sum(1 for name, _, _ in session.log[:prefills[2]] if name == "Decode")
     assert decodes_before == 2 and run.results[1].finish_reason == "length"
     assert fmt.read_program(r.summary["package"]).kv_batch_size == 2
+
+
+def test_a_speculative_target_package_decodes_the_same_greedy_tokens(store):
+    """A package compiled to score K+1 tokens per step (no plain decode shape) still decodes one
+    token at a time with padding, and gives the plain package's tokens (both KV conventions)."""
+    plain = infer(store, prompts_arg(PROMPTS), f"generation_len={N}", "compile.batch_size=3")
+    for attention in ("gqa", "scatter"):
+        spec = infer(store, prompts_arg(PROMPTS), f"generation_len={N}", "compile.batch_size=3",
+                     "compile.num_speculative_tokens=[2,3]", f"hw.attention={attention}")
+        assert spec.rc == 0, spec.out + spec.err
+        assert spec.exec_info["generated_ids"] == plain.exec_info["generated_ids"], attention

@@ -9,20 +9,30 @@ DOMAIN, NAME = "com.qti.aisw.onnx", "CustomRMSNorm"
 
 
 def apply(model: Any) -> Any:
-    from onnxscript import optimizer, rewriter
-    from onnxscript.rewriter import pattern
-
-    optimizer.basic_constant_propagation(model.graph)  # Constant nodes' values, for the conditions
-
-    rules = [pattern.RewriteRule(_target(reciprocal, axes_input), _replacement, _condition,
-                                 name=f"{NAME}({'Reciprocal' if reciprocal else 'Div'}, axes {'input' if axes_input else 'attr'})")
-             for reciprocal in (False, True) for axes_input in (False, True)]
-    model = rewriter.rewrite(model, pattern.RewriteRuleSet(rules, commute=True))
+    model = replace_rms_norms(model, _replacement, NAME)
     if any(node.domain == DOMAIN for node in model.graph.all_nodes()):
         model.opset_imports[DOMAIN] = 1
         function = _function(model.opset_imports[""])
         model.functions[function.identifier()] = function
     return model
+
+
+def replace_rms_norms(model: Any, replacement: Any, name: str) -> Any:
+    """Every RMSNorm subgraph replaced: ``replacement(op, x, weight, eps)`` gives the new value
+    (``_scalar(eps)`` is the epsilon). Shared with the ONNX Runtime program's fusions."""
+    from onnxscript import optimizer, rewriter
+    from onnxscript.rewriter import pattern
+
+    optimizer.basic_constant_propagation(model.graph)  # Constant nodes' values, for the conditions
+    rules = [pattern.RewriteRule(_target(reciprocal, axes_input), replacement, _condition,
+                                 name=f"{name}({'Reciprocal' if reciprocal else 'Div'}, axes {'input' if axes_input else 'attr'})")
+             for reciprocal in (False, True) for axes_input in (False, True)]
+    return rewriter.rewrite(model, pattern.RewriteRuleSet(rules, commute=True))
+
+
+def epsilon(eps: Any) -> float | None:
+    """The float value of a matched epsilon constant."""
+    return _scalar(eps)
 
 
 def _target(reciprocal: bool, axes_input: bool) -> Any:

@@ -137,6 +137,8 @@ def check_variant_inputs(signature: fmt.Signature, full_batch_size: Any, num_spe
     """A continuous-batching or speculative plan needs its graph input (by role); a RuntimeError says which is missing."""
     for key, value in (("full_batch_size", full_batch_size), ("num_speculative_tokens", num_speculative_tokens)):
         role, name = VARIANT_INPUTS[key]
+        if key == "full_batch_size" and signature.kv_update == fmt.KV_IN_PLACE:
+            continue  # an in-place cache takes its KV rows from the runtime, not from an input
         if value is not None and signature.input(role) is None:
             have = [v.name for v in signature.inputs]
             raise RuntimeError(f"{who}: compile.{key}={_show(value)} needs a graph with a {name!r} input ({role}), "

@@ -1,11 +1,21 @@
-"""Pass `static_kv`: wrap an HF causal LM so its KV cache is explicit, fixed-size graph inputs."""
+"""Pass `static_kv`: wrap an HF causal LM so its KV cache is explicit, fixed-size graph inputs.
+
+Two ways to update the cache (``hw.attention``): ``scatter``, the AI 100 convention (the new
+rows scattered into the past at position_ids, the whole updated cache returned), and ``gqa``
+(the CPU program: ONNX Runtime's GroupQueryAttention writes the new rows into the past buffer
+itself, in place when the runtime binds past and present to one buffer; see gqa.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, cfg_field, register_pass
+from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+
+
+ATTENTIONS = ("scatter", "gqa")
+GQA_ATTENTION = "ai100pipeline_gqa"  # the name it has in transformers' attention interface
 
 
 @dataclass(frozen=True)
@@ -13,6 +23,7 @@ class StaticKvParams:
     # Graph variants: only whether each is set matters (the sizes are compile parameters).
     full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
     num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
+    attention: str = cfg_field("hw.attention", "scatter")  # the target's hw schema sets it (cpu: gqa)
 
 
 @register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False,
@@ -25,19 +36,31 @@ def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> A
         Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
     )
     return build_wrapper(model, continuous_batching=params.full_batch_size is not None,
-                         speculative=params.num_speculative_tokens is not None)
+                         speculative=params.num_speculative_tokens is not None, attention=params.attention)
 
 
-def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bool = False) -> Any:
+@hook("static_kv", "check")
+def check(params: StaticKvParams, facts: Any = None) -> None:
+    if params.attention not in ATTENTIONS:
+        raise UserError(f"hw.attention: {params.attention!r} is not allowed; allowed: {' | '.join(ATTENTIONS)}")
+
+
+def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bool = False,
+                  attention: str = "scatter") -> Any:
     """The static-KV module over an already loaded HF causal LM (eval mode, fp32).
 
     ``continuous_batching``: a ``batch_index`` input [batch, 1]; the KV tensors hold
-    full_batch_size rows and input row r reads and writes KV row batch_index[r].
+    full_batch_size rows and input row r reads and writes KV row batch_index[r]. (With
+    ``attention="gqa"`` there is no such input: the runtime hands each step the KV rows it uses.)
     ``speculative``: a ``num_logits_to_keep`` input [n, 1] (only n matters); logits are those
     of the last n valid positions, in order.
     """
+    import contextlib
+
     import torch
     from transformers.cache_utils import Cache, CacheLayerMixin
+
+    from passes.transforms import gqa
 
     class ScatterLayer(CacheLayerMixin):
         """One layer's cache: the given past tensors, updated by scatter at the positions."""
@@ -74,13 +97,22 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
         def get_max_length(self) -> int:
             return self.keys.shape[-2]
 
+    class NewRowsLayer(ScatterLayer):
+        """GQA writes the cache itself: the layer hands the attention the new rows only."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return key_states, value_states
+
     class StaticKvCausalLM(torch.nn.Module):
         """forward(input_ids, position_ids, *past[, batch_index][, num_logits_to_keep])
         -> (logits, *updated past); the optional inputs exist per ``has_batch_index`` and
         ``has_num_logits_to_keep``, in that order after the past tensors."""
 
-        def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool):
+        def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool, attention: str):
             super().__init__()
+            self.attention = attention
+            self.gqa_rotary = False  # GroupQueryAttention rotates q and k (cos_cache, sin_cache buffers)
+            self.attention_module = type(model.get_decoder().layers[0].self_attn).__module__
             cfg = model.config.get_text_config()
             self.model = model
             self.decoder = model.get_decoder()
@@ -108,16 +140,20 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
             # Padding scatters to the last slot (old value written back); a valid write there
             # in a padded chunk would race with it, so the runtime keeps prompt + new <= ctx_len.
             index = torch.where(valid, position_ids, ctx_len - 1)
-            cache = Cache(layers=[
-                ScatterLayer(past[2 * i], past[2 * i + 1], index, valid) for i in range(self.num_layers)
-            ])
-            out = self.decoder(
-                input_ids=input_ids,
-                attention_mask=self._mask(position_ids, ctx_len),
-                position_ids=torch.where(valid, position_ids, 0),
-                past_key_values=cache,
-                use_cache=True,
-            )
+            layer = NewRowsLayer if self.attention == "gqa" else ScatterLayer
+            cache = Cache(layers=[layer(past[2 * i], past[2 * i + 1], index, valid) for i in range(self.num_layers)])
+            step = None
+            if self.attention == "gqa":
+                rope = (self.cos_cache, self.sin_cache) if self.gqa_rotary else None
+                step = gqa.Step(list(past), position_ids, rope)
+            with gqa.stepping(step, self.attention_module) if step else contextlib.nullcontext():
+                out = self.decoder(
+                    input_ids=input_ids,
+                    attention_mask=self._mask(position_ids, ctx_len),
+                    position_ids=torch.where(valid, position_ids, 0),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
             last = position_ids.argmax(dim=1)  # positions increase, so the max is the last valid one
             hidden = out.last_hidden_state
             if num_logits_to_keep is None:
@@ -127,7 +163,7 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
                 keep = last[:, None] - n + 1 + torch.arange(n, device=last.device)[None, :]
                 gather_index = keep.clamp(min=0)[:, :, None].expand(-1, -1, hidden.shape[-1])
             logits = self.lm_head(hidden.gather(1, gather_index))
-            updated = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+            updated = step.present if step else [t for layer in cache.layers for t in (layer.keys, layer.values)]
             if batch_index is not None:
                 updated = [full.index_put((rows,), rows_kv) for full, rows_kv in zip(full_past, updated)]
             return (logits, *updated)
@@ -148,5 +184,39 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.to(torch.float32)
     model.eval()
-    model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
-    return StaticKvCausalLM(model, continuous_batching, speculative).eval()
+    if attention == "gqa":
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(GQA_ATTENTION, gqa.gqa_attention)
+        model.set_attn_implementation(GQA_ATTENTION)
+        continuous_batching = False  # KV rows are chosen by the runtime
+    else:
+        model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
+    wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention).eval()
+    if attention == "gqa":
+        _rotate_in_attention(wrapper)
+    return wrapper
+
+
+def _rotate_in_attention(wrapper: Any) -> None:
+    """Let GroupQueryAttention apply the rotary embedding where it can do exactly what the model
+    does, and check on a short input that the model's own rotation was skipped in every layer."""
+    import torch
+
+    from passes.transforms import gqa
+
+    cfg = wrapper.model.config.get_text_config()
+    positions = getattr(cfg, "max_position_embeddings", None)
+    tables = gqa.rope_tables(wrapper.model, wrapper.attention_module, wrapper.head_dim, positions) if positions else None
+    if tables is None:
+        return
+    wrapper.register_buffer("cos_cache", tables[0], persistent=False)
+    wrapper.register_buffer("sin_cache", tables[1], persistent=False)
+    wrapper.gqa_rotary = True
+    past = [torch.zeros(1, wrapper.num_kv_heads, 4, wrapper.head_dim) for _ in range(2 * wrapper.num_layers)]
+    step = gqa.Step(past, torch.arange(2)[None, :], (wrapper.cos_cache, wrapper.sin_cache))
+    with torch.no_grad(), gqa.stepping(step, wrapper.attention_module):
+        wrapper.decoder(input_ids=torch.ones(1, 2, dtype=torch.long), attention_mask=wrapper._mask(torch.arange(2)[None, :], 4),
+                        position_ids=torch.arange(2)[None, :], past_key_values=None, use_cache=False)
+    if step.rotations != wrapper.num_layers:  # rotated elsewhere, or not in every layer: leave it to the model
+        wrapper.gqa_rotary = False

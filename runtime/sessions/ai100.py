@@ -39,7 +39,7 @@ def import_qaicrt() -> tuple[Any, Any]:
 class AI100Session:
     """Loads ``<package>/qpc/programqpc.bin`` on ``device_ids`` and runs one inference per call."""
 
-    kv_on_device = True
+    keeps_kv = True
 
     def __init__(self, package_dir: str | Path, device_ids: Sequence[int] = (0,)):
         qaicrt, api = import_qaicrt()
@@ -78,7 +78,8 @@ class AI100Session:
     def new_kv(self) -> dict[str, np.ndarray]:
         return {}  # the retained state lives on the device
 
-    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray],
+            kv_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         # The device picks the specialization from the buffers' dimensions: inputs as fed, and
         # outputs as the signature gives them for this specialization's symbols.
         for v in self.program.signature.outputs:

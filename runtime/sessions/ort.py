@@ -1,4 +1,14 @@
-"""An ONNX Runtime session over a package (or a compiled program folder): one InferenceSession per graph file."""
+"""An ONNX Runtime session over a package (or a compiled program folder): one InferenceSession per graph file.
+
+Two ways to carry the KV cache, by the signature's ``kv_update``:
+
+- ``scatter`` (the AI 100 convention): the caller feeds the past and takes the retained
+  outputs back; each step returns the whole updated cache (a copy of it).
+- ``in_place`` (the CPU program: GroupQueryAttention): the session keeps one buffer per past
+  input and binds it, through IO binding, as both the past input and its retained output, so
+  a step writes only its new rows, whatever ctx_len. Continuous batching hands a step the KV
+  rows it uses (``kv_rows``): one row, or all of them, as views of those buffers.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from runtime import package_format as fmt
 from runtime.package_format import Program, Specialization, read_program
 from runtime.session import host_kv
 
@@ -32,17 +43,15 @@ def session_options(options: Mapping[str, Any]) -> Any:
 
 
 class OrtSession:
-    """Runs a program with ONNX Runtime (the Session protocol); the KV cache lives on the host.
+    """Runs a program with ONNX Runtime (the Session protocol).
 
-    Weights: ONNX Runtime memory-maps the package's one weights file, so every specialization
-    (and every process) reads the same pages, unless it pre-packs MatMul weights, which
-    gives each session a private packed copy. `share_weights=True` (default) turns
-    pre-packing off: one copy of the weights in memory. Measured on SmolLM2 (fp32, 2 threads)
-    with prefill + decode sessions: 0.65 GB (PSS) instead of 1.17 GB, decode about 20% slower.
-    (SessionOptions.add_initializer does not help: packed copies are still made per session.)
+    Weights: ONNX Runtime memory-maps the package's weights file. One graph file (the CPU
+    program) means one session and one pre-packed copy of the weights for every
+    specialization. Several fixed-shape graph files would each pre-pack a private copy, so
+    `share_weights=True` (default) turns pre-packing off for them: one copy in memory, decode
+    about 20 % slower (measured on SmolLM2 with prefill + decode sessions, 0.65 GB PSS instead
+    of 1.17 GB).
     """
-
-    kv_on_device = False
 
     def __init__(self, package_dir: str | Path, num_threads: int | None = None, share_weights: bool = True,
                  program: Program | None = None):
@@ -50,12 +59,14 @@ class OrtSession:
 
         self.dir = Path(package_dir)
         self.program = program or read_program(self.dir)
+        self.signature = self.program.signature
         options = dict(self.program.options)
         if num_threads:
             options["intra_op_num_threads"] = num_threads
-        if share_weights:
+        files = {self.program.graphs[s.name] for s in self.program.specializations}
+        if share_weights and len(files) > 1:
             options["config_entries"] = {**options.get("config_entries", {}), "session.disable_prepacking": "1"}
-        self.output_names = [v.name for v in self.program.signature.outputs]
+        self.output_names = [v.name for v in self.signature.outputs]
         by_file: dict[str, Any] = {}  # one InferenceSession per file (a dynamic graph serves several shapes)
         self.sessions: dict[str, Any] = {}
         for spec in self.program.specializations:
@@ -64,10 +75,67 @@ class OrtSession:
                 by_file[file] = ort.InferenceSession(str(self.dir / file), session_options(options),
                                                      providers=["CPUExecutionProvider"])
             self.sessions[spec.name] = by_file[file]
+        self.keeps_kv = self.signature.kv_update == fmt.KV_IN_PLACE
+        if self.keeps_kv:
+            self._kv = host_kv(self.signature, self.program)
+            self._views: dict[tuple[int, int], dict[str, Any]] = {}
+            self._bindings: dict[tuple, tuple[Any, np.ndarray]] = {}
+            self._logits = self.signature.output(fmt.LOGITS).name
+            self._retained = {p.name: self.signature.retained(p).name for p in self.signature.past_kv()}
 
     def new_kv(self) -> dict[str, np.ndarray]:
-        return host_kv(self.program.signature, self.program)
+        # in place, stale rows of an earlier sequence are never read: nothing to reset
+        return {} if self.keeps_kv else host_kv(self.signature, self.program)
 
-    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.sessions[spec.name].run(self.output_names, dict(feeds))
-        return dict(zip(self.output_names, values))
+    def run(self, spec: Specialization, feeds: Mapping[str, np.ndarray],
+            kv_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        session = self.sessions[spec.name]
+        if not self.keeps_kv:
+            values = session.run(self.output_names, dict(feeds))
+            return dict(zip(self.output_names, values))
+        kv_rows = None if kv_rows is None else np.asarray(kv_rows).reshape(-1)
+        ids = next(iter(feeds.values()))
+        rows = ids.shape[0]
+        first = 0 if kv_rows is None else int(kv_rows[0])
+        if kv_rows is not None and not np.array_equal(kv_rows, np.arange(first, first + rows)):
+            return self._run_gathered(session, feeds, kv_rows)
+        binding, logits = self._binding(spec, session, first, rows)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        session.run_with_iobinding(binding)
+        return {self._logits: logits.copy()}
+
+    def _binding(self, spec: Specialization, session: Any, first: int, rows: int) -> tuple[Any, np.ndarray]:
+        """An IO binding with the KV rows [first, first + rows) bound in place and a logits buffer
+        of this step's shape, made once per shape and reused (a step then binds only its feeds)."""
+        import onnxruntime as ort
+
+        key = (spec.name, first, rows)
+        if key not in self._bindings:
+            binding = session.io_binding()
+            for name, buffer in self._view(first, first + rows).items():
+                binding.bind_ortvalue_input(name, buffer)
+                binding.bind_ortvalue_output(self._retained[name], buffer)
+            kept = int(spec.symbols.get("num_logits_to_keep", 1))
+            logits = np.empty((rows, kept, self.signature.dims["vocab_size"]), dtype=np.float32)
+            binding.bind_ortvalue_output(self._logits, ort.OrtValue.ortvalue_from_numpy(logits))
+            self._bindings[key] = (binding, logits)
+        return self._bindings[key]
+
+    def _view(self, start: int, stop: int) -> dict[str, Any]:
+        """OrtValues over rows [start, stop) of every KV buffer (numpy views: ORT writes into them)."""
+        import onnxruntime as ort
+
+        if (start, stop) not in self._views:
+            self._views[(start, stop)] = {name: ort.OrtValue.ortvalue_from_numpy(buffer[start:stop])
+                                          for name, buffer in self._kv.items()}
+        return self._views[(start, stop)]
+
+    def _run_gathered(self, session: Any, feeds: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """KV rows that are not one contiguous range: copy them out, run, copy them back."""
+        past = {name: np.ascontiguousarray(buffer[rows]) for name, buffer in self._kv.items()}
+        names = [self._logits, *(self._retained[n] for n in past)]
+        values = dict(zip(names, session.run(names, {**feeds, **past})))
+        for name in past:
+            self._kv[name][rows] = values[self._retained[name]]
+        return {self._logits: values[self._logits]}

@@ -1,12 +1,18 @@
-"""Pass `compile_ort`: fixed-shape ONNX Runtime graphs per specialization, sharing one weights file.
+"""Pass `compile_ort`: the ONNX Runtime program for the host CPU.
 
-Output: ``<name>.onnx`` per specialization (prefill.onnx, decode.onnx, decode_k<K>.onnx), the
-rewrite's weights file(s), and ``program.json`` (runtime.package_format.Program: the signature,
-the specializations with their roles, the graph of each, the session options).
+For a graph that updates its KV cache in place (``hw.attention=gqa``, the default): one
+dynamic ``model.onnx`` for every specialization (one session, weights pre-packed once; a
+prefill runs unpadded), made cheaper per step by graph.py (no identity reshapes, fused norms,
+packed q/k/v), with its own weights file. For the AI 100 convention's graph
+(``hw.attention=scatter``): ``<name>.onnx`` per specialization (prefill.onnx, decode.onnx,
+decode_k<K>.onnx) with fixed shapes, sharing the rewrite's weights file(s). Either way
+``program.json`` (runtime.package_format.Program: the signature, the specializations with their
+roles, the graph of each, the session options).
 ``OrtHw`` is the hw schema of the cpu target (conf/hw/cpu.yaml).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +28,7 @@ class OrtHw:
     target: str = "cpu"
     compile_pass: str = "compile_ort"   # the pass that builds the program for this target
     num_cores: int = 2                  # intra-op threads of the package's sessions
+    attention: str = "gqa"              # gqa: ONNX Runtime's GroupQueryAttention, KV in place; scatter: the AI 100 graph
 
 
 @dataclass(frozen=True)
@@ -45,18 +52,35 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
 
     src = Path(inputs["onnx"])
     signature, specs = spz.for_graph(src, params, "compile_ort")
-    weights = onnx_files.data_files(src)
-    for name in weights:
-        link_or_copy(src / name, out / name)
-    # Initializers keep pointing at the same data files: every graph below reads one copy.
-    proto = onnx.load(str(src / onnx_files.MODEL), load_external_data=False)
-    graphs = {}
-    for spec in specs:
-        graphs[spec.name] = f"{spec.name.lower()}.onnx"  # prefill.onnx, decode.onnx[, decode_k<K>.onnx]
-        fixed = onnx.ModelProto()
-        fixed.CopyFrom(proto)
-        _fix_shapes(fixed, dict(spec.symbols))
-        onnx.save_model(fixed, str(out / graphs[spec.name]))
+    graphs: dict[str, str] = {}
+    result: dict[str, Any] = {}
+    if signature.kv_update == fmt.KV_IN_PLACE:
+        # One dynamic graph, one session: the weights pre-packed once for every specialization;
+        # a prefill runs any length up to its specialization's, unpadded.
+        from passes.targets.ort import graph
+
+        shapes = graph.symbolic_shapes(src / onnx_files.MODEL)
+        model = onnx_files.load_ir(src)
+        result = {"identity_reshapes_dropped": graph.drop_identity_reshapes(model, shapes)}
+        model, result["skip_norms_fused"] = graph.fuse_norms(model)
+        result["qkv_packed"] = graph.pack_qkv(model)
+        onnx_files.save_ir(model, out)
+        result["nodes"] = sum(1 for _ in model.graph)
+        del model
+        weights = onnx_files.data_files(out)
+        graphs = {spec.name: onnx_files.MODEL for spec in specs}
+        specs = tuple(dataclasses.replace(spec, upper_bound=True) if fmt.PREFILL in spec.roles else spec for spec in specs)
+    else:  # one fixed-shape graph per specialization; initializers keep pointing at the same data files
+        weights = onnx_files.data_files(src)
+        for name in weights:
+            link_or_copy(src / name, out / name)
+        proto = onnx.load(str(src / onnx_files.MODEL), load_external_data=False)
+        for spec in specs:
+            graphs[spec.name] = f"{spec.name.lower()}.onnx"  # prefill.onnx, decode.onnx[, decode_k<K>.onnx]
+            fixed = onnx.ModelProto()
+            fixed.CopyFrom(proto)
+            _fix_shapes(fixed, dict(spec.symbols))
+            onnx.save_model(fixed, str(out / graphs[spec.name]))
     options = {"intra_op_num_threads": params.num_cores, "inter_op_num_threads": 1,
                "execution_mode": "sequential", "graph_optimization_level": "all"}
     build = config_of(params)
@@ -64,7 +88,7 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
     program = fmt.Program(fmt.ONNXRUNTIME, signature, specs, graphs, tuple(weights), options, build=build)
     fmt.write_program(out, program)
     load_seconds = _prove_loads(out, program)
-    return {"graphs": list(graphs.values()), "load_seconds": load_seconds}
+    return {**result, "graphs": sorted(set(graphs.values())), "load_seconds": load_seconds}
 
 
 @hook("compile_ort", "check")
@@ -94,6 +118,8 @@ def _prove_loads(out: Path, program: Any) -> dict[str, float]:
     seconds = {}
     for spec in program.specializations:
         file = program.graphs[spec.name]
+        if file in seconds:
+            continue
         start = time.perf_counter()
         try:
             ort.InferenceSession(str(out / file), session_options(program.options), providers=["CPUExecutionProvider"])

@@ -25,6 +25,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/cached_run.py
 	$(BIN)/python bench/stage_profile.py
+	$(BIN)/python bench/decode.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -29,6 +29,7 @@ class ExportParams:
     # Graph variants (must match the transform's): only whether each is set enters the key.
     full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
     num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
+    attention: str = cfg_field("hw.attention", "scatter")
 
 
 def io_names(num_layers: int, batch_index: bool = False,
@@ -96,8 +97,10 @@ def example_inputs(model: Any) -> tuple[Any, ...]:
 def variants(model: Any, params: ExportParams) -> dict[str, bool]:
     """The graph's optional inputs, from the transform; the export params must agree."""
     have = {"batch_index": bool(model.has_batch_index), "num_logits_to_keep": bool(model.has_num_logits_to_keep)}
-    want = {"batch_index": params.full_batch_size is not None and model.attention != "gqa",  # gqa: rows by the runtime
+    want = {"batch_index": params.full_batch_size is not None,
             "num_logits_to_keep": params.num_speculative_tokens is not None}
+    if model.attention != params.attention:
+        raise RuntimeError(f"export: the transform's attention is {model.attention}, the export params ask for {params.attention}")
     if have != want:
         raise RuntimeError(f"export: the transform built inputs {have}, the export params ask for {want}")
     return have
@@ -145,6 +148,13 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     kv_update = fmt.KV_IN_PLACE if model.attention == "gqa" else fmt.KV_SCATTER
     fmt.write_signature(out, signature(model.num_layers, shapes, dtypes, dims, kv_update=kv_update, **extra))
     return {"nodes": len(proto.graph.node), "exporter": "dynamo" if params.dynamo else "torchscript"}
+
+
+@hook("export", "resolve")
+def resolve(params: ExportParams) -> ExportParams:
+    from passes.transforms.static_kv import without_unused_variants
+
+    return without_unused_variants(params)
 
 
 @hook("export", "check")

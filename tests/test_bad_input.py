@@ -23,11 +23,12 @@ BAD = [
     (["compile.num_speculative_tokens=0"], "compile.num_speculative_tokens: 0"),
     (["compile.num_speculative_tokens=[3,300]"], "compile.num_speculative_tokens: [3, 300]"),
     (["compile.full_batch_size=0"], "compile.full_batch_size: 0"),
-    (["hw.mxfp6_matmul=true"], "hw.mxfp6_matmul: not a config key; allowed keys of hw: target, compile_pass, num_cores"),
     (["hw.target=gpu"], "hw.target: 'gpu' is not allowed; allowed: ai100 | cpu"),
     (["export.opset=9"], "export.opset: 9 is not allowed; allowed: 14..21"),
     (["validate.max_new_tokens=256"], "validate.max_new_tokens: 256 is not allowed; allowed: 1..255"),
     (["model.source=nope"], "model.source: 'nope' is not allowed; allowed: hub | local | gguf | random"),
+    (["hw.attention=flash"], "hw.attention: 'flash' is not allowed; allowed: scatter | gqa"),
+    (["hw.mxfp6_matmul=true"], "allowed keys of hw: target, compile_pass, num_cores, attention"),
 ]
 
 

@@ -95,9 +95,12 @@ def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
 def _node(g: Any, inputs: list, rotary: bool, num_heads, kv_num_heads, scale) -> Any:
     from torch.onnx import symbolic_helper as sh
 
-    return g.op(f"{DOMAIN}::GroupQueryAttention", *inputs, num_heads_i=sh._get_const(num_heads, "i", "num_heads"),
-                kv_num_heads_i=sh._get_const(kv_num_heads, "i", "kv_num_heads"),
-                scale_f=sh._get_const(scale, "f", "scale"), do_rotary_i=int(rotary), rotary_interleaved_i=0, outputs=3)
+    outputs = g.op(f"{DOMAIN}::GroupQueryAttention", *inputs, num_heads_i=sh._get_const(num_heads, "i", "num_heads"),
+                   kv_num_heads_i=sh._get_const(kv_num_heads, "i", "kv_num_heads"),
+                   scale_f=sh._get_const(scale, "f", "scale"), do_rotary_i=int(rotary), rotary_interleaved_i=0, outputs=3)
+    for out, like in zip(outputs, (inputs[0], inputs[3], inputs[4])):  # output like query, presents like pasts
+        out.setType(like.type())
+    return outputs
 
 
 def _symbolic(g: Any, query, key, value, past_key, past_value, seqlens_k, total_sequence_length, query_seqlens,

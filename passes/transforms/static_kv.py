@@ -45,6 +45,19 @@ def check(params: StaticKvParams, facts: Any = None) -> None:
         raise UserError(f"hw.attention: {params.attention!r} is not allowed; allowed: {' | '.join(ATTENTIONS)}")
 
 
+@hook("static_kv", "resolve")
+def resolve(params: StaticKvParams) -> StaticKvParams:
+    return without_unused_variants(params)
+
+
+def without_unused_variants(params: Any) -> Any:
+    """With gqa the graph has no batch_index input (the runtime picks KV rows): continuous
+    batching does not change it, so it stays out of the key (the transform and the export)."""
+    import dataclasses
+
+    return dataclasses.replace(params, full_batch_size=None) if params.attention == "gqa" else params
+
+
 def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bool = False,
                   attention: str = "scatter") -> Any:
     """The static-KV module over an already loaded HF causal LM (eval mode, fp32).

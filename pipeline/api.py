@@ -16,7 +16,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
 
     from pipeline.overrides import replace_dicts, rewrite_argv
 
-    register()
+    register(config_name)
     overrides = rewrite_argv(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides)

@@ -140,15 +140,22 @@ def _package_file(package: str, name: str) -> str:
 _RUN_ID = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def register() -> None:
-    """Register the schemas (the engine's and every target's hw schema) and resolvers (idempotent)."""
+_registered: set[str] = set()
+
+
+def register(config_name: str = "config") -> None:
+    """Register the schemas (the entry point's, and every target's hw schema) and resolvers, once."""
     from pipeline.discovery import target_schemas
 
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(name="infer_config", node=InferConfig)
-    for target, schema in target_schemas().items():
-        cs.store(group="hw_schema", name=target, node=schema)
+    if "targets" not in _registered:
+        for target, schema in target_schemas().items():
+            cs.store(group="hw_schema", name=target, node=schema)
+        _registered.add("targets")
+    schemas = {"config": ("base_config", Config), "infer": ("infer_config", InferConfig)}
+    if config_name in schemas and config_name not in _registered:
+        cs.store(name=schemas[config_name][0], node=schemas[config_name][1])
+        _registered.add(config_name)
     if not OmegaConf.has_resolver("package_file"):
         OmegaConf.register_new_resolver("package_file", _package_file)
     if not OmegaConf.has_resolver("run_id"):

@@ -26,8 +26,8 @@ from pipeline.config import register
 from pipeline.overrides import replace_dicts
 from pipeline.pass_api import UserError
 
-register()
 CONFIG = "infer"
+register(CONFIG)
 
 
 def read_prompts(cfg: Any) -> list[str]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import networkx as nx
 from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, check_config
@@ -46,16 +45,16 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = ()) -> BuildP
     check_config(cfg)
     g = build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
     if goals:
-        wanted = [n for n in g.nodes if g.nodes[n]["stage"].spec.provides in goals and g.nodes[n]["stage"].role == "model"]
+        wanted = [n for n, s in g.stages.items() if s.spec.provides in goals and s.role == "model"]
         if not wanted:
             raise UserError(f"pipeline.stages: no stage provides {' or '.join(goals)} for the model; "
                             f"allowed: a pipeline with a {goals[0]} stage")
-        g = g.subgraph(set(wanted).union(*(nx.ancestors(g, n) for n in wanted))).copy()
+        g = g.subgraph(set(wanted).union(*(g.ancestors(n) for n in wanted)))
     stages = stage_order(g)
     force = frozenset(cfg.pipeline.force)
     for name in force:
-        if name not in g.nodes and not goals:
-            raise UserError(f"pipeline.force: {name!r} is not a stage; allowed: {', '.join(g.nodes)}")
+        if name not in g.stages and not goals:
+            raise UserError(f"pipeline.force: {name!r} is not a stage; allowed: {', '.join(g.stages)}")
     models: dict[str, str] = {}
     for stage in stages:
         node = OmegaConf.select(cfg, stage.role, default=None)
@@ -84,7 +83,7 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = ()) -> BuildP
         except UserError as exc:
             raise exc.rebound(stage.bind) from None
         params[stage.name] = p
-    consumers = {s.name: list(g.successors(s.name)) for s in stages}
+    consumers = {s.name: g.consumers(s.name) for s in stages}
     return BuildPlan(
         stages=stages, by_name={s.name: s for s in stages}, consumers=consumers, params=params, force=force,
         models=models, facts=facts, store_root=Path(cfg.store.root).absolute(), memo=cfg.store.memo, graph=g,

@@ -114,8 +114,9 @@ def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.nd
     if min(pad[0][1], pad[1][1]) < 0:
         raise ValueError(f"generate: {ids.shape} tokens do not fit specialization {spec.name} "
                          f"({spec.batch_size} x {spec.seq_len})")
-    feeds = {sig.input(fmt.TOKEN_IDS).name: np.pad(ids, pad),
-             sig.input(fmt.POSITIONS).name: np.pad(pos, pad, constant_values=PAD_POSITION), **kv}
+    if pad != ((0, 0), (0, 0)):
+        ids, pos = np.pad(ids, pad), np.pad(pos, pad, constant_values=PAD_POSITION)
+    feeds = {sig.input(fmt.TOKEN_IDS).name: ids, sig.input(fmt.POSITIONS).name: pos, **kv}
     kv_rows = None if batch_index is None else np.asarray(batch_index, dtype=np.int64).reshape(spec.batch_size, 1)
     if (index := sig.input(fmt.BATCH_INDEX)) is not None:
         feeds[index.name] = np.arange(spec.batch_size, dtype=np.int64)[:, None] if kv_rows is None else kv_rows

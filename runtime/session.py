@@ -24,8 +24,9 @@ class Session(Protocol):
       and takes the retained outputs back (``new_kv`` gives the zeroed buffers).
     - ``new_kv()``: KV buffers by input name (role past_kv), [kv_batch, heads, ctx, head_dim].
     - ``run(spec, feeds, kv_rows)``: one inference of that specialization; feeds by input name,
-      outputs by output name. ``kv_rows`` [rows, 1]: the KV row each input row uses (continuous
-      batching; default: row r uses row r), fed as ``batch_index`` where the graph has one.
+      outputs by output name (arrays valid until the next run: copy what you keep).
+      ``kv_rows`` [rows, 1]: the KV row each input row uses (continuous batching; default: row
+      r uses row r), fed as ``batch_index`` where the graph has one.
     """
 
     program: Program

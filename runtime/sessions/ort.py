@@ -103,7 +103,7 @@ class OrtSession:
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         session.run_with_iobinding(binding)
-        return {self._logits: logits.copy()}
+        return {self._logits: logits}  # the binding's buffer: valid until the next run
 
     def _binding(self, spec: Specialization, session: Any, first: int, rows: int) -> tuple[Any, np.ndarray]:
         """An IO binding with the KV rows [first, first + rows) bound in place and a logits buffer

@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python bench/cached_run.py
 	$(BIN)/python bench/stage_profile.py
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/speculative.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -32,20 +32,21 @@ class ExportParams:
     attention: str = cfg_field("hw.attention", "scatter")
 
 
-def io_names(num_layers: int, batch_index: bool = False,
-             num_logits_to_keep: bool = False) -> tuple[list[str], list[str]]:
+def io_names(num_layers: int, batch_index: bool = False, num_logits_to_keep: bool = False,
+             proposals: bool = False) -> tuple[list[str], list[str]]:
     """Graph input and output names (the AI 100 retained-state convention)."""
     past = [f"past_{kv}.{i}" for i in range(num_layers) for kv in KV_KINDS]
     extra = ["batch_index"] * batch_index + ["num_logits_to_keep"] * num_logits_to_keep
-    return ["input_ids", "position_ids", *past, *extra], ["logits", *(f"{n}_RetainedState" for n in past)]
+    return (["input_ids", "position_ids", *past, *extra],
+            ["logits", *(f"{n}_RetainedState" for n in past), *["proposals"] * proposals])
 
 
 def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[str, str],
               dims: Mapping[str, int], batch_index: bool = False, num_logits_to_keep: bool = False,
-              kv_update: str = "scatter") -> fmt.Signature:
+              kv_update: str = "scatter", proposals: bool = False) -> fmt.Signature:
     """The graph's IO signature: the names io_names gives, each with its role."""
     roles = {"input_ids": fmt.TOKEN_IDS, "position_ids": fmt.POSITIONS, "batch_index": fmt.BATCH_INDEX,
-             "num_logits_to_keep": fmt.LOGITS_TO_KEEP, "logits": fmt.LOGITS}
+             "num_logits_to_keep": fmt.LOGITS_TO_KEEP, "logits": fmt.LOGITS, "proposals": fmt.PROPOSALS}
 
     def value(name: str) -> fmt.IoValue:
         if name.startswith("past_"):
@@ -54,12 +55,12 @@ def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[
             return fmt.IoValue(name, role, dtypes[name], tuple(shapes[name]), int(layer), kv)
         return fmt.IoValue(name, roles[name], dtypes[name], tuple(shapes[name]))
 
-    names_in, names_out = io_names(num_layers, batch_index, num_logits_to_keep)
+    names_in, names_out = io_names(num_layers, batch_index, num_logits_to_keep, proposals)
     return fmt.Signature(tuple(map(value, names_in)), tuple(map(value, names_out)), dict(dims), kv_update)
 
 
-def dynamic_axes(num_layers: int, batch_index: bool = False,
-                 num_logits_to_keep: bool = False) -> dict[str, dict[int, str]]:
+def dynamic_axes(num_layers: int, batch_index: bool = False, num_logits_to_keep: bool = False,
+                 proposals: bool = False) -> dict[str, dict[int, str]]:
     inputs, outputs = io_names(num_layers)
     axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch_size", 1: "seq_len"},
@@ -74,6 +75,8 @@ def dynamic_axes(num_layers: int, batch_index: bool = False,
     if num_logits_to_keep:
         axes["num_logits_to_keep"] = {0: "num_logits_to_keep"}
         axes["logits"] = {0: "batch_size", 1: "num_logits_to_keep"}
+    if proposals:
+        axes["proposals"] = {**axes["logits"]}
     return axes
 
 
@@ -103,7 +106,7 @@ def variants(model: Any, params: ExportParams) -> dict[str, bool]:
         raise RuntimeError(f"export: the transform's attention is {model.attention}, the export params ask for {params.attention}")
     if have != want:
         raise RuntimeError(f"export: the transform built inputs {have}, the export params ask for {want}")
-    return have
+    return {**have, "proposals": bool(getattr(model, "projection_heads", 0))}
 
 
 @register_pass("export", params=ExportParams, deps=("torch", "onnx", "onnxscript", "onnx_ir"),
@@ -139,6 +142,8 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     _strip_nondeterminism(proto)
     ir_model = ir.from_proto(proto)
     dims = {k: int(getattr(model, k)) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size")}
+    if extra["proposals"]:
+        dims["projection_heads"] = int(model.projection_heads)
     _name_shapes(ir_model.graph, dims, **extra)
     opset = ir_model.opset_imports.get("", None)
     if opset != params.opset:
@@ -167,7 +172,8 @@ def check(params: ExportParams, facts: Any = None) -> None:
 
 
 def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], names_out: list[str], opset: int,
-                   table: Any = None, batch_index: bool = False, num_logits_to_keep: bool = False) -> None:
+                   table: Any = None, batch_index: bool = False, num_logits_to_keep: bool = False,
+                   proposals: bool = False) -> None:
     import torch
     from torch.export import Dim
 
@@ -186,7 +192,8 @@ def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], nam
     program.save(str(path), external_data=True)
 
 
-def _name_shapes(graph: Any, dims: dict[str, int], batch_index: bool = False, num_logits_to_keep: bool = False) -> None:
+def _name_shapes(graph: Any, dims: dict[str, int], batch_index: bool = False, num_logits_to_keep: bool = False,
+                 proposals: bool = False) -> None:
     """Give every graph input and output its declared shape (exporters invent names for some axes)."""
     import onnx_ir as ir
 
@@ -194,6 +201,7 @@ def _name_shapes(graph: Any, dims: dict[str, int], batch_index: bool = False, nu
     kept = "num_logits_to_keep" if num_logits_to_keep else 1
     shapes = {"input_ids": ["batch_size", "seq_len"], "position_ids": ["batch_size", "seq_len"],
               "logits": ["batch_size", kept, dims["vocab_size"]],
+              "proposals": ["batch_size", kept, dims.get("projection_heads", 0)],
               "batch_index": ["batch_size", 1], "num_logits_to_keep": ["num_logits_to_keep", 1]}
     for value in (*graph.inputs, *graph.outputs):
         value.shape = ir.Shape(shapes.get(value.name, kv))

@@ -25,14 +25,15 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
 
 
 def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = None,
-          instruments: Sequence[Instrument] = (), goals: Sequence[str] = ()) -> BuildResult:
-    """Build every stage of ``cfg`` (or only what ``goals``, e.g. ``("package",)``, needs);
+          instruments: Sequence[Instrument] = (), goals: Sequence[str] = (),
+          roles: Sequence[str] = ("model",)) -> BuildResult:
+    """Build every stage of ``cfg`` (or only what ``goals``, e.g. ``("package",)``, needs for ``roles``);
     raises pipeline.pass_api.UserError on bad input (nothing run).
 
     Around each pass run the default instruments (progress lines through ``echo``, time and
     memory, the test fault hook, ``pipeline.force``), then ``instruments``.
     """
-    plan = prepare(cfg, goals=goals)
+    plan = prepare(cfg, goals=goals, roles=roles)
     executor = Executor(plan, [*default_instruments(plan.force, echo), *instruments], run_dir=run_dir)
     check_preconditions(plan, executor.may_run())
     return executor.run()

@@ -36,6 +36,7 @@ class ModelConfig:
     tokenizer: Optional[str] = None   # folder or GGUF file; null: the model's own
     seed: int = 0                     # source=random
     dtype: str = "float32"
+    num_layers: Optional[int] = None  # keep the first N decoder layers (a layer-truncated draft); null: all
 
 
 @dataclass
@@ -84,6 +85,17 @@ class BenchmarkConfig:
 
 
 @dataclass
+class SpdConfig:
+    """Speculative decoding (conf/spd, runtime.speculative): the scheme and K, the one source of
+    compile.num_speculative_tokens when the scheme is not none."""
+
+    name: str = "none"                   # none | draft | pld | multiproj
+    num_speculative_tokens: Any = 3      # K, or a list of K (one decode specialization each)
+    max_ngram_size: int = 3              # pld: the longest n-gram looked up
+    speculator: Optional[str] = None     # multiproj: a folder (speculator_config.json, speculator.safetensors); null: random heads
+
+
+@dataclass
 class PipelineConfig:
     stages: Dict[str, Any] = field(default_factory=dict)
     show_graph: bool = False
@@ -101,6 +113,7 @@ class Config:
     compile: CompileConfig = field(default_factory=CompileConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    spd: SpdConfig = field(default_factory=SpdConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
@@ -171,3 +184,31 @@ def check_config(cfg: Any) -> None:
     targets = sorted(target_schemas())
     if cfg.hw.target not in targets:
         raise UserError(f"hw.target: {cfg.hw.target!r} is not allowed; allowed: {' | '.join(targets)}")
+    if cfg.get("spd") is not None:
+        check_spd(cfg)
+
+
+SPD_SCHEMES = ("none", "draft", "pld", "multiproj")
+
+
+def check_spd(cfg: Any) -> None:
+    """spd.* against the compile config: K from spd alone, a prefill that holds K+1 tokens."""
+    spd = cfg.spd
+    if spd.name not in SPD_SCHEMES:
+        raise UserError(f"spd.name: {spd.name!r} is not allowed; allowed: {' | '.join(SPD_SCHEMES)} (spd=<scheme>)")
+    if spd.name == "none":
+        return
+    k = OmegaConf.to_container(spd, resolve=True)["num_speculative_tokens"]
+    ks = k if isinstance(k, list) else [k]
+    if not ks or len(set(ks)) != len(ks) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in ks):
+        raise UserError(f"spd.num_speculative_tokens: {k!r} is not allowed with spd={spd.name}; allowed: an integer >= 1, "
+                        "or a list of distinct such integers")
+    compiled = OmegaConf.to_container(cfg.compile, resolve=True)["num_speculative_tokens"]
+    if compiled != k:
+        raise UserError(f"compile.num_speculative_tokens: {compiled!r} is not allowed with spd={spd.name}; allowed: "
+                        f"{k!r} (spd.num_speculative_tokens is the one source of K)")
+    if cfg.compile.prefill_seq_len < max(ks) + 1:
+        raise UserError(f"compile.prefill_seq_len: {cfg.compile.prefill_seq_len!r} is not allowed with "
+                        f"spd.num_speculative_tokens {k!r}; allowed: >= {max(ks) + 1} (K+1)")
+    if spd.name == "pld" and not (isinstance(spd.max_ngram_size, int) and spd.max_ngram_size >= 1):
+        raise UserError(f"spd.max_ngram_size: {spd.max_ngram_size!r} is not allowed; allowed: an integer >= 1")

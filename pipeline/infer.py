@@ -84,19 +84,25 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         prompts = read_prompts(cfg)
         sampling = sampling_params(cfg)
+        if cfg.spd.name != "none":
+            for key, greedy in (("temperature", 0.0), ("repetition_penalty", 1.0)):
+                if cfg.sampling[key] != greedy:
+                    raise UserError(f"sampling.{key}: {cfg.sampling[key]!r} is not allowed with spd={cfg.spd.name}; "
+                                    f"allowed: {greedy:g} (speculative decoding here is greedy)")
         if cfg.generation_len is not None and cfg.generation_len < 1:
             raise UserError(f"generation_len: {cfg.generation_len!r} is not allowed; allowed: an integer >= 1, or null")
         from pipeline.api import build
 
+        roles = ("model", "draft_model") if cfg.spd.name == "draft" else ("model",)
         result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
-                       goals=("package",))
+                       goals=("package",), roles=roles)
     except UserError as exc:
         return _finish(run_dir, 2, {"error": str(exc)}, str(exc))
     summary: dict[str, Any] = {**result.summary()}
     if not result.ok or result.package is None:
         return _finish(run_dir, 1, summary, None)
     try:
-        info = _generate(cfg, result.package, prompts, sampling)
+        info = _generate(cfg, result.package, prompts, sampling, result.packages.get("draft_model"))
     except UserError as exc:
         return _finish(run_dir, 2, {**summary, "error": str(exc)}, str(exc))
     except Exception as exc:  # noqa: BLE001 - a generation failure is reported like a stage failure
@@ -110,7 +116,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return _finish(run_dir, 0, {**summary, "exec_info": str(path)}, None)
 
 
-def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any) -> Any:
+def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft: Path | None = None) -> Any:
     from runtime import package_format as fmt
     from runtime.sessions import open_session
     from runtime.textgen import Streamer, generate_texts
@@ -125,18 +131,42 @@ def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any) -> Any
         device = "ai100"
     try:
         session = open_session(package, device)
+        if draft is not None and cfg.spd.name == "draft":  # two sessions taking turns: no spinning threads
+            turns = {"spinning": False} if device == "cpu" else {}
+            session, draft_session = open_session(package, device, **turns), open_session(draft, device, **turns)
+        else:
+            draft_session = None
     except ImportError as e:
         raise UserError(f"hw.target: {program.build.get('hw', {}).get('target')!r} needs the Cloud AI 100 runtime here; {e}") from None
     tokenizer = load_tokenizer(package)
     on_token = Streamer(tokenizer, len(prompts)) if cfg.stream else None
     generation_len = cfg.generation_len or program.ctx_len
     try:
-        info = generate_texts(session, tokenizer, package, prompts, generation_len, cfg.chat, sampling, on_token)
+        proposer = make_proposer(cfg, session, draft_session)
+        k = OmegaConf.to_container(cfg.spd, resolve=True)["num_speculative_tokens"] if proposer else None
+        info = generate_texts(session, tokenizer, package, prompts, generation_len, cfg.chat, sampling, on_token,
+                              proposer, k, cfg.model.name)
     except ValueError as e:  # a prompt that does not fit, a chat template the model lacks
         raise UserError(str(e)) from None
     if cfg.stream:
         print(flush=True)
     return info
+
+
+def make_proposer(cfg: Any, session: Any, draft_session: Any = None) -> Any:
+    """The spd scheme's proposer (runtime.speculative), or None for spd=none; ValueError on a misfit."""
+    from runtime import speculative
+
+    name = cfg.spd.name
+    if name == "none":
+        return None
+    if name == "pld":
+        return speculative.PromptLookup(cfg.spd.max_ngram_size)
+    if name == "multiproj":
+        return speculative.Projections(session.program.signature)
+    draft = speculative.DraftModel(draft_session, cfg.draft_model.name)
+    draft.check(session.program)
+    return draft
 
 
 def _finish(run_dir: Path, code: int, summary: dict[str, Any], message: str | None) -> dict[str, Any]:

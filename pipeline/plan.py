@@ -36,16 +36,17 @@ class BuildPlan:
     graph: Any
 
 
-def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = ()) -> BuildPlan:
+def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Sequence[str] = ("model",)) -> BuildPlan:
     """The checked plan; ``resolve=False`` checks only (no hub lookups, no compiler discovery).
 
-    ``goals``: build only the stages that provide these (``"package"``) for the ``model`` role,
-    and what they need (``python -m pipeline.infer`` needs no reference and no validation).
+    ``goals``: build only the stages that provide these (``"package"``) for ``roles`` (the
+    ``model``; speculative decoding with a draft: both), and what they need
+    (``python -m pipeline.infer`` needs no reference and no validation).
     """
     check_config(cfg)
     g = build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
     if goals:
-        wanted = [n for n, s in g.stages.items() if s.spec.provides in goals and s.role == "model"]
+        wanted = [n for n, s in g.stages.items() if s.spec.provides in goals and s.role in roles]
         if not wanted:
             raise UserError(f"pipeline.stages: no stage provides {' or '.join(goals)} for the model; "
                             f"allowed: a pipeline with a {goals[0]} stage")

@@ -98,13 +98,19 @@ def _rows(batch_size: int, prompts: Sequence[object]) -> list[list[int]]:
 
 def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
          kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None) -> np.ndarray:
+    """``run_step``'s logits."""
+    return run_step(session, spec, ids, pos, kv, batch_index)[fmt.LOGITS]
+
+
+def run_step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
+             kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One run of a specialization; the retained KV outputs become the next step's past (in
-    ``kv``). Returns the logits of the given rows.
+    ``kv``). Returns the other outputs of the given rows by role (logits[, proposals]).
 
     ids and pos are padded to the specialization's shape (position -1: writes no KV row or slot).
     Continuous batching: input row r uses KV row ``batch_index[r]`` (default: r). Speculative
-    target: the logits of the last num_logits_to_keep valid positions come back, ``[:, -1]``
-    being the last one.
+    target: the logits of the last num_logits_to_keep valid positions come back (of a shape
+    that is an upper bound: of at most as many positions as were fed), ``[:, -1]`` being the last one.
     """
     sig = session.program.signature
     rows = len(ids)
@@ -121,9 +127,10 @@ def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.nd
     if (index := sig.input(fmt.BATCH_INDEX)) is not None:
         feeds[index.name] = np.arange(spec.batch_size, dtype=np.int64)[:, None] if kv_rows is None else kv_rows
     if (keep := sig.input(fmt.LOGITS_TO_KEEP)) is not None:
-        feeds[keep.name] = np.zeros((int(spec.symbols.get("num_logits_to_keep", 1)), 1), dtype=np.int64)
+        kept = int(spec.symbols.get("num_logits_to_keep", 1))
+        feeds[keep.name] = np.zeros((min(kept, seq) if spec.upper_bound else kept, 1), dtype=np.int64)
     out = session.run(spec, feeds, kv_rows)
     if not session.keeps_kv:
         for past in sig.past_kv():
             kv[past.name] = out[sig.retained(past).name]
-    return out[sig.output(fmt.LOGITS).name][:rows]
+    return {v.role: out[v.name][:rows] for v in sig.outputs if v.role != fmt.RETAINED_KV and v.name in out}

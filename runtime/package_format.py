@@ -42,8 +42,9 @@ LOGITS = "logits"                  # [batch, n kept positions, vocab]
 RETAINED_KV = "retained_kv"        # the updated ``past_kv`` of a layer (``layer``, ``kv``)
 POOLED_OUTPUT = "pooled_output"    # [batch, hidden] (embeddings)
 HIDDEN_STATES = "hidden_states"    # [batch, seq_len, hidden]
+PROPOSALS = "proposals"            # [batch, n kept positions, heads] int64: a multi-projection speculator's next tokens
 INPUT_ROLES = (TOKEN_IDS, POSITIONS, PAST_KV, BATCH_INDEX, LOGITS_TO_KEEP, ADAPTER_IDS, ATTENTION_MASK)
-OUTPUT_ROLES = (LOGITS, RETAINED_KV, POOLED_OUTPUT, HIDDEN_STATES)
+OUTPUT_ROLES = (LOGITS, RETAINED_KV, POOLED_OUTPUT, HIDDEN_STATES, PROPOSALS)
 KV_KINDS = ("key", "value")
 
 # ---- how a graph updates its past_kv (Signature.kv_update)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime import package_format as fmt
-from runtime.generate import PAD_POSITION, step
+from runtime.generate import PAD_POSITION, run_step, step
 from runtime.sampling import Sampler, SamplingParams
 from runtime.session import Session
 
@@ -50,6 +50,7 @@ class Run:
     started: float        # first prefill call
     first_token: float    # first token of any sequence
     ended: float          # last token
+    extra_metrics: dict[str, float] = field(default_factory=dict)  # e.g. speculative decoding's
 
     def perf_metrics(self) -> dict[str, float]:
         """TTFT, decode time and throughputs (the reference library's definitions, see exec_info)."""
@@ -58,6 +59,10 @@ class Run:
         e2e = self.ended - self.started
         decoded = sum(max(len(r.ids) - 1, 0) for r in self.results)
         total = sum(len(r.ids) for r in self.results)
+        return {**self._base(prefill, decode, e2e, decoded, total), **self.extra_metrics}
+
+    @staticmethod
+    def _base(prefill: float, decode: float, e2e: float, decoded: int, total: int) -> dict[str, float]:
         return {
             "prefill_time_s": prefill,
             "decode_time_s": decode,
@@ -85,9 +90,11 @@ class Scheduler:
             raise ValueError(f"the package has no prefill specialization ({[s.name for s in self.program.specializations]})")
         self.continuous = "full_batch_size" in self.prefill.symbols
         self.ctx_len = self.program.ctx_len
-        # A padded write goes to the row's last slot (the static-KV transform), so a decode that
-        # pads its own row (a speculative-only package) keeps its real writes off that slot.
-        self.write_limit = self.ctx_len - (1 if self.decode.seq_len > 1 else 0)
+        # A padded write goes to the row's last slot (the static-KV transform's scatter), so a
+        # decode that pads its own row (a speculative-only package) keeps its real writes off that
+        # slot; an in-place cache writes no padding.
+        scatter = self.program.signature.kv_update == fmt.KV_SCATTER
+        self.write_limit = self.ctx_len - (1 if self.decode.seq_len > 1 and scatter else 0)
 
     @property
     def batch_size(self) -> int:
@@ -118,7 +125,10 @@ class Scheduler:
                 self._static_batch(requests[first:first + self.prefill.batch_size], results, samplers, kv)
         ended = time.perf_counter()
         return Run([results[r.index] for r in requests], self._clock["started"] or ended,
-                   self._clock["first"] or ended, ended)
+                   self._clock["first"] or ended, ended, self.extra_metrics())
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}
 
     # ---- one token
     def _choose(self, request: Request, logits: np.ndarray, result: Generated, sampler: Sampler) -> None:
@@ -134,13 +144,14 @@ class Scheduler:
         elif len(result.ids) >= request.max_new_tokens or next_position >= self.write_limit:
             result.finish_reason = "length"
 
-    def _prefill(self, rows: list[Request | None], kv: dict, batch_index: np.ndarray | None) -> np.ndarray:
-        """Prefill chunks over the rows' prompts (right padded); the logits of each row's last prompt token."""
+    def _prefill(self, rows: list[Request | None], kv: dict, batch_index: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Prefill chunks over the rows' prompts (right padded); the outputs (logits[, proposals])
+        at each row's last prompt token, by role."""
         if self._clock["started"] is None:
             self._clock["started"] = time.perf_counter()
         chunk = self.prefill.seq_len
         lengths = [len(r.prompt_ids) if r else 0 for r in rows]
-        last = np.zeros((len(rows), self.program.signature.dims["vocab_size"]), dtype=np.float32)
+        last: dict[str, np.ndarray] = {}
         for first in range(0, max(lengths), chunk):
             width = min(chunk, max(lengths) - first) if self.prefill.upper_bound else chunk  # a dynamic graph: no padding
             ids = np.zeros((len(rows), width), dtype=np.int64)
@@ -149,16 +160,17 @@ class Scheduler:
                 part = r.prompt_ids[first:first + chunk] if r else []
                 ids[i, :len(part)] = part
                 pos[i, :len(part)] = np.arange(first, first + len(part))
-            logits = step(self.session, self.prefill, ids, pos, kv, batch_index)
+            out = run_step(self.session, self.prefill, ids, pos, kv, batch_index)
             for i, n in enumerate(lengths):
                 if n and first <= n - 1 < first + chunk:
-                    last[i] = logits[i, -1]
+                    for role, value in out.items():
+                        last.setdefault(role, np.zeros((len(rows), *value.shape[2:]), dtype=value.dtype))[i] = value[i, -1]
         return last
 
     # ---- static batches
     def _static_batch(self, batch: Sequence[Request], results: dict, samplers: dict, kv: dict) -> None:
         rows: list[Request | None] = [*batch, *[None] * (self.prefill.batch_size - len(batch))]
-        logits = self._prefill(rows, kv, None)
+        logits = self._prefill(rows, kv, None)[fmt.LOGITS]
         for i, r in enumerate(batch):
             self._choose(r, logits[i], results[r.index], samplers[r.index])
         while any(results[r.index].finish_reason is None for r in batch):
@@ -180,7 +192,7 @@ class Scheduler:
             for s in range(len(slots)):  # a free slot takes the next prompt at once
                 while slots[s] is None and pending:
                     r = pending.pop()
-                    logits = self._prefill([r], kv, np.array([[s]], dtype=np.int64))
+                    logits = self._prefill([r], kv, np.array([[s]], dtype=np.int64))[fmt.LOGITS]
                     self._choose(r, logits[0], results[r.index], samplers[r.index])
                     if results[r.index].finish_reason is None:
                         slots[s] = r

@@ -35,9 +35,14 @@ class ExecInfo:
     prompt_lengths: list[int] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     full_batch_size: int | None = None
+    # speculative decoding: num_speculative_tokens, prefill_seq_len, ctx_len, draft_model_name,
+    # target_model_name, accepted_per_step (written at the top level)
+    speculative: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.update(out.pop("speculative") or {})
+        return out
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / EXEC_INFO
@@ -53,6 +58,10 @@ class ExecInfo:
                       f"--- completion ({len(self.generated_ids[i])} tokens, {self.finish_reasons[i]}) ---", text]
         lines += ["===", f"TTFT (prefill) {m['prefill_time_s'] * 1000:.1f} ms | decode {m['decode_throughput_tok_s']:.1f} tok/s | "
                   f"total {m['total_throughput_tok_s']:.1f} tok/s | e2e {m['e2e_time_s']:.2f} s"]
+        if self.speculative:
+            lines.append(f"speculative ({self.speculative['scheme']}, K={self.speculative['num_speculative_tokens']}): "
+                         f"{m['mean_num_accepted_tokens']:.2f} tokens per target step over {m['decode_iterations']:.0f} steps | "
+                         f"target {m['decode_target_time_s']:.2f} s, draft {m['decode_draft_time_s']:.2f} s")
         return "\n".join(lines)
 
 
@@ -100,16 +109,34 @@ class Streamer:
 
 def generate_texts(session: Session, tokenizer: Any, package_dir: str | Path, prompts: Sequence[str],
                    generation_len: int, chat: bool = False, sampling: SamplingParams = SamplingParams(),
-                   on_token: Callable[[int, int], None] | None = None) -> ExecInfo:
-    """Tokenize, schedule, detokenize: the ExecInfo of one run over every prompt."""
+                   on_token: Callable[[int, int], None] | None = None, proposer: Any = None,
+                   num_speculative_tokens: Any = None, target_model_name: str | None = None) -> ExecInfo:
+    """Tokenize, schedule, detokenize: the ExecInfo of one run over every prompt.
+
+    ``proposer`` (runtime.speculative): speculative decoding with up to ``num_speculative_tokens``
+    (K, or a list: its largest) proposals a step."""
     sampling.check()
     ids = encode(tokenizer, prompts, chat)
-    scheduler = Scheduler(session, eos_ids(tokenizer, package_dir), sampling, on_token)
+    if proposer is None:
+        scheduler = Scheduler(session, eos_ids(tokenizer, package_dir), sampling, on_token)
+    else:
+        from runtime.speculative import SpeculativeScheduler
+
+        ks = num_speculative_tokens if isinstance(num_speculative_tokens, (list, tuple)) else [num_speculative_tokens]
+        scheduler = SpeculativeScheduler(session, proposer, eos_ids(tokenizer, package_dir), sampling, on_token,
+                                         None if ks == [None] else max(ks))
     requests = [Request(i, p, generation_len) for i, p in enumerate(ids)]
     run = scheduler.run(requests)
     texts = [tokenizer.decode(r.ids, skip_special_tokens=True) for r in run.results]
+    speculative = None
+    if proposer is not None:
+        program = session.program
+        speculative = {"scheme": proposer.name, "num_speculative_tokens": num_speculative_tokens or scheduler.k,
+                       "prefill_seq_len": scheduler.prefill.seq_len, "ctx_len": program.ctx_len,
+                       "draft_model_name": proposer.draft_model_name, "target_model_name": target_model_name,
+                       "accepted_per_step": [scheduler.accepted[r.index] for r in requests]}
     return ExecInfo(
         prompts=list(prompts), batch_size=scheduler.batch_size, generated_texts=texts,
         generated_ids=[r.ids for r in run.results], perf_metrics=run.perf_metrics(),
         prompt_lengths=[len(p) for p in ids], finish_reasons=[r.finish_reason or "length" for r in run.results],
-        full_batch_size=scheduler.batch_size if scheduler.continuous else None)
+        full_batch_size=scheduler.batch_size if scheduler.continuous else None, speculative=speculative)

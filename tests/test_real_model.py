@@ -5,10 +5,18 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, run_pipeline
 
 
-def test_smollm2_package_tokens_equal_the_reference(empty_store):
+@pytest.fixture(scope="module")
+def smollm2_store(tmp_path_factory):
+    return tmp_path_factory.mktemp("smollm2") / "store"
+
+
+def test_smollm2_package_tokens_equal_the_reference(smollm2_store):
+    empty_store = smollm2_store
     r = run_pipeline(empty_store, model="smollm2_135m", timeout=1500)
     assert r.rc == 0, r.out + r.err
     v = r.summary["validation"]
@@ -23,3 +31,41 @@ def test_smollm2_package_tokens_equal_the_reference(empty_store):
                         "--max-new-tokens", "8"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert " Paris" in p.stdout
+
+
+def test_smollm2_speculative_decoding_gives_the_plain_greedy_tokens(smollm2_store):
+    """Each scheme on the real model (prompt lookup, the 8-layer draft, random projection heads)
+    gives the plain package's greedy tokens; prompt lookup accepts several tokens a step on an edit."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from speculative import PROMPTS
+
+    from pipeline.api import build, compose
+    from runtime import speculative
+    from runtime.scheduler import Request, Scheduler
+    from runtime.sessions.ort import OrtSession
+    from runtime.textgen import encode
+    from runtime.tokenizer import load_tokenizer
+
+    def packages(*overrides, roles=("model",)):
+        cfg = compose(["model=smollm2_135m", f"store.root={smollm2_store}", *overrides])
+        result = build(cfg, echo=lambda _line: None, goals=("package",), roles=roles)
+        assert result.ok, [(s.name, s.error) for s in result.stages if s.error]
+        return result.packages
+
+    plain = packages()["model"]
+    spd = packages("spd=draft", "draft_model=smollm2_135m_draft", roles=("model", "draft_model"))
+    heads = packages("spd=multiproj")["model"]
+    tokenizer = load_tokenizer(plain)
+    prompts = [encode(tokenizer, [PROMPTS["json edit"]], True)[0], encode(tokenizer, ["The capital of France is"], False)[0]]
+    requests = [Request(i, p, 40) for i, p in enumerate(prompts)]
+    expected = [r.ids for r in Scheduler(OrtSession(plain)).run(requests).results]
+    target = OrtSession(spd["model"])
+    for proposer, session in ((speculative.PromptLookup(3), target),
+                              (speculative.DraftModel(OrtSession(spd["draft_model"]), "smollm2_135m_draft"), target),
+                              (speculative.Projections(OrtSession(heads).program.signature), OrtSession(heads))):
+        scheduler = speculative.SpeculativeScheduler(session, proposer, num_speculative_tokens=3)
+        got = [r.ids for r in scheduler.run(requests).results]
+        assert got == expected, proposer.name
+        assert [sum(steps) for steps in scheduler.accepted.values()] == [len(ids) - 1 for ids in got]
+        if proposer.name == "pld":
+            assert sum(scheduler.accepted[0]) / len(scheduler.accepted[0]) > 2  # the edit copies the record

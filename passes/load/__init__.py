@@ -38,32 +38,44 @@ class LoadParams:
     tokenizer: str | None = cfg_field("model.tokenizer", None, kind="path")
     seed: int = cfg_field("model.seed", 0)
     dtype: str = cfg_field("model.dtype", "float32")
+    num_layers: int | None = cfg_field("model.num_layers", None)  # keep the first N decoder layers (a truncated draft)
 
 
 @register_pass(
     "load",
     params=LoadParams,
     deps=("torch", "transformers", "gguf", "safetensors", "tokenizers"),
-    materialize=lambda p: p.source in ("gguf", "random"),
+    materialize=lambda p: p.source in ("gguf", "random") or p.num_layers is not None,
 )
 def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any:
-    """gguf/random: fill ``out`` with an HF folder; local/hub: return the existing folder's Path."""
-    if params.source == "local":
-        return Path(params.path)
+    """gguf/random (or any source with ``num_layers``): fill ``out`` with an HF folder;
+    local/hub: return the existing folder's Path."""
     from passes.load import sources
 
-    if params.source == "hub":
-        return sources.hub_snapshot(params.hf_id, params.revision)
+    folder = None
+    if params.source == "local":
+        folder = Path(params.path)
+    elif params.source == "hub":
+        folder = sources.hub_snapshot(params.hf_id, params.revision)
+    if folder is not None and params.num_layers is None:
+        return folder
 
     import torch
 
     dtype = getattr(torch, params.dtype)
-    if params.source == "gguf":
+    if folder is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tokenizer = sources.load_tokenizer(folder)
+    elif params.source == "gguf":
         model = sources.from_gguf(Path(params.path), dtype)
         tokenizer = sources.load_tokenizer(Path(params.tokenizer or params.path))
     else:
         model = sources.from_config(params.hf_config, params.seed, dtype)
         tokenizer = sources.load_tokenizer(Path(params.tokenizer))
+    if params.num_layers is not None:
+        sources.keep_layers(model, params.num_layers)
     model.save_pretrained(out)  # safetensors; its metadata is {"format": "pt"}, no timestamps
     tokenizer.save_pretrained(out)
     return {"source": params.source, "model_type": model.config.model_type,
@@ -109,6 +121,10 @@ def check(params: LoadParams, facts: Any = None) -> None:
                             f"allowed: a causal-LM model type of the installed transformers (e.g. llama, qwen2, gpt2)")
         if not params.tokenizer:
             raise UserError("model.tokenizer: None is not allowed; allowed: a tokenizer folder or GGUF file (source=random)")
+    if params.num_layers is not None and not (isinstance(params.num_layers, int) and not isinstance(params.num_layers, bool)
+                                              and params.num_layers >= 1):
+        raise UserError(f"model.num_layers: {params.num_layers!r} is not allowed; allowed: an integer >= 1 "
+                        "(keep the first N decoder layers), or null (all)")
     if src in ("local", "hub") and params.tokenizer:
         raise UserError(f"model.tokenizer: {params.tokenizer!r} is not allowed for source={src}; "
                         f"allowed: null (the tokenizer in the model folder)")
@@ -190,7 +206,13 @@ def _ask_hub(hf_id: str, revision: str) -> str:
 
 @hook("load", "facts")
 def facts(params: LoadParams) -> ModelFacts:
-    return model_facts(params.source, params.path, params.hf_config, hf_id=params.hf_id, revision=params.revision)
+    found = model_facts(params.source, params.path, params.hf_config, hf_id=params.hf_id, revision=params.revision)
+    if params.num_layers is not None and found.num_layers is not None:
+        if params.num_layers > found.num_layers:
+            raise UserError(f"model.num_layers: {params.num_layers} is not allowed; allowed: 1..{found.num_layers} "
+                            "(the model's layers)")
+        found = dataclasses.replace(found, num_layers=params.num_layers)
+    return found
 
 
 @hook("load", "needs")

@@ -60,6 +60,22 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def keep_layers(model: Any, num_layers: int) -> None:
+    """Cut a causal LM to its first ``num_layers`` decoder layers (a layer-truncated draft), in place."""
+    import torch
+
+    from pipeline.pass_api import UserError
+
+    decoder, config = model.get_decoder(), model.config.get_text_config()
+    have = len(decoder.layers)
+    if num_layers > have:
+        raise UserError(f"model.num_layers: {num_layers} is not allowed; allowed: 1..{have} (the model's layers)")
+    decoder.layers = torch.nn.ModuleList(list(decoder.layers)[:num_layers])
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:num_layers]
+
+
 def hub_snapshot(hf_id: str, revision: str) -> Path:
     commit = cached_commit(hf_id, revision) or revision
     snapshot = snapshot_dir(hf_id, commit)

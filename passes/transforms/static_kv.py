@@ -15,6 +15,7 @@ from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
 
 ATTENTIONS = ("scatter", "gqa")
+MULTIPROJ = "multiproj"  # spd.name whose target carries speculator heads
 GQA_ATTENTION = "ai100pipeline_gqa"  # the name it has in transformers' attention interface
 
 
@@ -24,6 +25,11 @@ class StaticKvParams:
     full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
     num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
     attention: str = cfg_field("hw.attention", "scatter")  # the target's hw schema sets it (cpu: gqa)
+    # Multi-projection speculator heads (spd=multiproj): from a folder, or random (seeded, max K of them).
+    spd: str = cfg_field("spd.name", "none")
+    speculator: Any = cfg_field("spd.speculator", None, kind="path")
+    num_heads: Any = cfg_field("spd.num_speculative_tokens", None)
+    seed: int = cfg_field("model.seed", 0)
 
 
 @register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False,
@@ -36,18 +42,51 @@ def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> A
         Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
     )
     return build_wrapper(model, continuous_batching=params.full_batch_size is not None,
-                         speculative=params.num_speculative_tokens is not None, attention=params.attention)
+                         speculative=params.num_speculative_tokens is not None, attention=params.attention,
+                         projections=_projections(model, params))
+
+
+def _projections(model: Any, params: StaticKvParams) -> Any:
+    if params.spd != MULTIPROJ:
+        return None
+    from passes.transforms import projections
+
+    hidden = model.config.get_text_config().hidden_size
+    if params.speculator is None:
+        return projections.random_heads(hidden, int(params.num_heads), params.seed)
+    try:
+        return projections.load_heads(Path(params.speculator), hidden)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 @hook("static_kv", "check")
 def check(params: StaticKvParams, facts: Any = None) -> None:
     if params.attention not in ATTENTIONS:
         raise UserError(f"hw.attention: {params.attention!r} is not allowed; allowed: {' | '.join(ATTENTIONS)}")
+    if params.spd == MULTIPROJ and params.speculator is not None:
+        folder = Path(params.speculator)
+        if not (folder / "speculator_config.json").is_file() or not (folder / "speculator.safetensors").is_file():
+            raise UserError(f"spd.speculator: {str(params.speculator)!r} is not allowed; allowed: a folder with "
+                            "speculator_config.json and speculator.safetensors, or null (random heads)")
 
 
 @hook("static_kv", "resolve")
 def resolve(params: StaticKvParams) -> StaticKvParams:
-    return without_unused_variants(params)
+    return without_unused_heads(without_unused_variants(params))
+
+
+def without_unused_heads(params: StaticKvParams) -> StaticKvParams:
+    """Only spd=multiproj changes the transform (its heads): any other spd keys as none; a
+    speculator folder fixes the heads, so K and the seed stay out of its key."""
+    import dataclasses
+
+    if params.spd != MULTIPROJ:
+        return dataclasses.replace(params, spd="none", speculator=None, num_heads=None, seed=0)
+    if params.speculator is not None:
+        return dataclasses.replace(params, num_heads=None, seed=0)
+    ks = params.num_heads if isinstance(params.num_heads, (list, tuple)) else [params.num_heads]
+    return dataclasses.replace(params, num_heads=max(ks))
 
 
 def without_unused_variants(params: Any) -> Any:
@@ -59,7 +98,7 @@ def without_unused_variants(params: Any) -> Any:
 
 
 def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bool = False,
-                  attention: str = "scatter") -> Any:
+                  attention: str = "scatter", projections: Any = None) -> Any:
     """The static-KV module over an already loaded HF causal LM (eval mode, fp32).
 
     ``continuous_batching``: a ``batch_index`` input [batch, 1]; the KV tensors hold
@@ -67,6 +106,9 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     ``attention="gqa"`` there is no such input: the runtime hands each step the KV rows it uses.)
     ``speculative``: a ``num_logits_to_keep`` input [n, 1] (only n matters); logits are those
     of the last n valid positions, in order.
+    ``projections``: multi-projection speculator heads (projections.py); a ``proposals`` output
+    [batch, n, heads] (the last one) holds, at each kept position, the tokens the heads
+    predict after the one its logits choose.
     """
     import contextlib
 
@@ -118,11 +160,14 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
 
     class StaticKvCausalLM(torch.nn.Module):
         """forward(input_ids, position_ids, *past[, batch_index][, num_logits_to_keep])
-        -> (logits, *updated past); the optional inputs exist per ``has_batch_index`` and
-        ``has_num_logits_to_keep``, in that order after the past tensors."""
+        -> (logits, *updated past[, proposals]); the optional inputs exist per ``has_batch_index`` and
+        ``has_num_logits_to_keep``, in that order after the past tensors; proposals with ``projections``."""
 
-        def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool, attention: str):
+        def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool, attention: str,
+                     projections: Any = None):
             super().__init__()
+            self.projections = projections
+            self.projection_heads = len(projections) if projections is not None else 0
             self.attention = attention
             self.gqa_rotary = False  # GroupQueryAttention rotates q and k (cos_cache, sin_cache buffers)
             self.attention_module = type(model.get_decoder().layers[0].self_attn).__module__
@@ -175,11 +220,15 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
                 n = num_logits_to_keep.shape[0]
                 keep = last[:, None] - n + 1 + torch.arange(n, device=last.device)[None, :]
                 gather_index = keep.clamp(min=0)[:, :, None].expand(-1, -1, hidden.shape[-1])
-            logits = self.lm_head(hidden.gather(1, gather_index))
+            kept = hidden.gather(1, gather_index)
+            logits = self.lm_head(kept)
             updated = step.present if step else [t for layer in cache.layers for t in (layer.keys, layer.values)]
             if batch_index is not None:
                 updated = [full.index_put((rows,), rows_kv) for full, rows_kv in zip(full_past, updated)]
-            return (logits, *updated)
+            if self.projections is None:
+                return (logits, *updated)
+            projected = torch.stack([head(kept) for head in self.projections], dim=2)  # [b, n, heads, hidden]
+            return (logits, *updated, self.lm_head(projected).argmax(dim=-1))
 
         def _mask(self, position_ids: torch.Tensor, ctx_len: Any) -> Any:
             """Additive 4D masks [b, 1, s, ctx]: slot k is visible to position p iff k <= p."""
@@ -205,7 +254,9 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
         continuous_batching = False  # KV rows are chosen by the runtime
     else:
         model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
-    wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention).eval()
+    if projections is not None and not speculative:
+        raise ValueError("static_kv: speculator heads need a speculative target (compile.num_speculative_tokens)")
+    wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention, projections).eval()
     if attention == "gqa":
         _rotate_in_attention(wrapper)
     return wrapper

@@ -50,11 +50,12 @@ class OrtSession:
     specialization. Several fixed-shape graph files would each pre-pack a private copy, so
     `share_weights=True` (default) turns pre-packing off for them: one copy in memory, decode
     about 20 % slower (measured on SmolLM2 with prefill + decode sessions, 0.65 GB PSS instead
-    of 1.17 GB).
+    of 1.17 GB). ``spinning=False``: its threads sleep between runs instead of spinning, for
+    sessions that take turns on the same cores (a draft model and its target).
     """
 
     def __init__(self, package_dir: str | Path, num_threads: int | None = None, share_weights: bool = True,
-                 program: Program | None = None):
+                 program: Program | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         self.dir = Path(package_dir)
@@ -66,6 +67,8 @@ class OrtSession:
         files = {self.program.graphs[s.name] for s in self.program.specializations}
         if share_weights and len(files) > 1:
             options["config_entries"] = {**options.get("config_entries", {}), "session.disable_prepacking": "1"}
+        if not spinning:  # sessions that take turns (a draft and its target) must not spin on each other's cores
+            options["config_entries"] = {**options.get("config_entries", {}), "session.intra_op.allow_spinning": "0"}
         self.output_names = [v.name for v in self.signature.outputs]
         by_file: dict[str, Any] = {}  # one InferenceSession per file (a dynamic graph serves several shapes)
         self.sessions: dict[str, Any] = {}
@@ -80,8 +83,8 @@ class OrtSession:
             self._kv = host_kv(self.signature, self.program)
             self._views: dict[tuple[int, int], dict[str, Any]] = {}
             self._bindings: dict[tuple, tuple[Any, np.ndarray]] = {}
-            self._logits = self.signature.output(fmt.LOGITS).name
             self._retained = {p.name: self.signature.retained(p).name for p in self.signature.past_kv()}
+            self._results = [v for v in self.signature.outputs if v.role != fmt.RETAINED_KV]  # logits[, proposals]
 
     def new_kv(self) -> dict[str, np.ndarray]:
         # in place, stale rows of an earlier sequence are never read: nothing to reset
@@ -99,27 +102,34 @@ class OrtSession:
         first = 0 if kv_rows is None else int(kv_rows[0])
         if kv_rows is not None and not np.array_equal(kv_rows, np.arange(first, first + rows)):
             return self._run_gathered(session, feeds, kv_rows)
-        binding, logits = self._binding(spec, session, first, rows)
+        keep = self.signature.input(fmt.LOGITS_TO_KEEP)
+        kept = len(feeds[keep.name]) if keep is not None and keep.name in feeds else 1
+        binding, results = self._binding(spec, session, first, rows, kept)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         session.run_with_iobinding(binding)
-        return {self._logits: logits}  # the binding's buffer: valid until the next run
+        return results  # the binding's buffers: valid until the next run
 
-    def _binding(self, spec: Specialization, session: Any, first: int, rows: int) -> tuple[Any, np.ndarray]:
-        """An IO binding with the KV rows [first, first + rows) bound in place and a logits buffer
-        of this step's shape, made once per shape and reused (a step then binds only its feeds)."""
+    def _binding(self, spec: Specialization, session: Any, first: int, rows: int,
+                 kept: int) -> tuple[Any, dict[str, np.ndarray]]:
+        """An IO binding with the KV rows [first, first + rows) bound in place and buffers for the
+        other outputs (logits[, proposals]) of this step's shape, made once per shape and reused
+        (a step then binds only its feeds)."""
         import onnxruntime as ort
 
-        key = (spec.name, first, rows)
+        key = (spec.name, first, rows, kept)
         if key not in self._bindings:
             binding = session.io_binding()
             for name, buffer in self._view(first, first + rows).items():
                 binding.bind_ortvalue_input(name, buffer)
                 binding.bind_ortvalue_output(self._retained[name], buffer)
-            kept = int(spec.symbols.get("num_logits_to_keep", 1))
-            logits = np.empty((rows, kept, self.signature.dims["vocab_size"]), dtype=np.float32)
-            binding.bind_ortvalue_output(self._logits, ort.OrtValue.ortvalue_from_numpy(logits))
-            self._bindings[key] = (binding, logits)
+            symbols = {**spec.symbols, "batch_size": rows, "num_logits_to_keep": kept}
+            results = {}
+            for v in self._results:
+                shape = [int(symbols[d]) if isinstance(d, str) else int(d) for d in v.shape]
+                results[v.name] = np.empty(shape, dtype=np.dtype(v.dtype))
+                binding.bind_ortvalue_output(v.name, ort.OrtValue.ortvalue_from_numpy(results[v.name]))
+            self._bindings[key] = (binding, results)
         return self._bindings[key]
 
     def _view(self, start: int, stop: int) -> dict[str, Any]:
@@ -134,8 +144,9 @@ class OrtSession:
     def _run_gathered(self, session: Any, feeds: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         """KV rows that are not one contiguous range: copy them out, run, copy them back."""
         past = {name: np.ascontiguousarray(buffer[rows]) for name, buffer in self._kv.items()}
-        names = [self._logits, *(self._retained[n] for n in past)]
+        results = [v.name for v in self._results]
+        names = [*results, *(self._retained[n] for n in past)]
         values = dict(zip(names, session.run(names, {**feeds, **past})))
         for name in past:
             self._kv[name][rows] = values[self._retained[name]]
-        return {self._logits: values[self._logits]}
+        return {name: values[name] for name in results}

@@ -69,7 +69,8 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
         del model
         weights = onnx_files.data_files(out)
         graphs = {spec.name: onnx_files.MODEL for spec in specs}
-        specs = tuple(dataclasses.replace(spec, upper_bound=True) if fmt.PREFILL in spec.roles else spec for spec in specs)
+        # every shape an upper bound: a prefill runs unpadded, a speculative step scores only the tokens it has
+        specs = tuple(dataclasses.replace(spec, upper_bound=True) for spec in specs)
     else:  # one fixed-shape graph per specialization; initializers keep pointing at the same data files
         weights = onnx_files.data_files(src)
         for name in weights:

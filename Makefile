@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python bench/stage_profile.py
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/speculative.py
+	$(BIN)/python bench/sweep.py
 
 clean-venv:
 	rm -rf $(VENV)

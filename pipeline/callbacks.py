@@ -1,20 +1,21 @@
-"""Hydra callbacks: the exit status of a run or a sweep, decided in the launching process.
+"""Hydra callbacks: the exit status of a run or a sweep, and a sweep's report, in the launching process.
 
 Each job writes ``summary.json`` (with its ``exit_code``) in its own directory and returns
 its summary. Whatever the launcher (basic, joblib, submitit), ``on_run_end`` and
 ``on_multirun_end`` run in the process that launched the jobs: ``ExitStatus`` reads the
 summaries there and keeps the worst code (2 bad input > 1 a stage failed > 0), which
-``python -m pipeline`` exits with. A job that left no summary counts as failed.
+``python -m pipeline`` exits with. A job that left no summary counts as failed. ``SweepReport``
+writes the sweep's report (pipeline.report) once the last job is done.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-SUMMARY = "summary.json"
+from pipeline.jobs import job_code, sweep_job_dirs
+
 _status: dict[str, Any] = {"code": 0, "jobs": 0, "failed": []}
 
 
@@ -24,20 +25,6 @@ def exit_code() -> int:
 
 def reset() -> None:
     _status.update(code=0, jobs=0, failed=[])
-
-
-def job_code(job_dir: Path) -> int:
-    """A job's exit code from its summary.json; 1 when it has none (it died before writing it)."""
-    try:
-        return int(json.loads((Path(job_dir) / SUMMARY).read_text()).get("exit_code", 1))
-    except (OSError, ValueError):
-        return 1
-
-
-def sweep_job_dirs(sweep_dir: Path) -> list[Path]:
-    """The jobs' directories of a sweep: those Hydra made for a job (they hold .hydra/), by job number."""
-    dirs = [p.parent for p in Path(sweep_dir).glob("*/.hydra")] + [p.parent for p in Path(sweep_dir).glob(f"*/{SUMMARY}")]
-    return sorted(set(dirs), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
 class ExitStatus(Callback):
@@ -52,3 +39,21 @@ class ExitStatus(Callback):
             if code:
                 _status["failed"].append((job.name, code))
             _status["code"] = max(_status["code"], code)
+
+
+class SweepReport(Callback):
+    """sweep.csv, sweep.md and sweep.png in hydra.sweep.dir after the last job (``sweep.*`` keys)."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        import sys
+
+        from pipeline.report import write_report
+
+        sweep = config.get("sweep") or {}
+        try:
+            paths = write_report(Path(config.hydra.sweep.dir), sweep.get("metric"), sweep.get("x"), sweep.get("y"))
+        except Exception as exc:  # noqa: BLE001 - a report that cannot be drawn must not hide the jobs' results
+            print(f"error: sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
+            _status["code"] = max(_status["code"], 1)
+            return
+        print(f"sweep report: {', '.join(str(p) for p in paths)}", flush=True)

@@ -96,6 +96,15 @@ class SpdConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The report of a sweep (pipeline.report): the heatmap's metric and axes (swept keys)."""
+
+    metric: Optional[str] = None   # decode_tok_s | ttft_ms | compile_s | package_mb | run_s; null: decode tok/s when benchmarked, else compile s
+    x: Optional[str] = None        # null: the first swept key
+    y: Optional[str] = None        # null: the next swept key
+
+
+@dataclass
 class PipelineConfig:
     stages: Dict[str, Any] = field(default_factory=dict)
     show_graph: bool = False
@@ -114,6 +123,7 @@ class Config:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     spd: SpdConfig = field(default_factory=SpdConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
@@ -186,6 +196,11 @@ def check_config(cfg: Any) -> None:
         raise UserError(f"hw.target: {cfg.hw.target!r} is not allowed; allowed: {' | '.join(targets)}")
     if cfg.get("spd") is not None:
         check_spd(cfg)
+    from pipeline.store.memo import lock_problem
+
+    problem = lock_problem(Path(cfg.store.root))
+    if problem:
+        raise UserError(problem)
 
 
 SPD_SCHEMES = ("none", "draft", "pld", "multiproj")

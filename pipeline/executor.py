@@ -37,12 +37,14 @@ class StageResult:
     error: str | None = None
     peak_rss: int | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    built_seconds: float | None = None  # what building it took: this run's, or the record's when cached
 
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name, "role": self.role, "key": self.key, "status": self.status,
             "seconds": round(self.seconds, 3), "digest": self.digest, "why": self.why, "note": self.note,
             "error": self.error, "peak_rss_bytes": self.peak_rss,
+            "built_seconds": None if self.built_seconds is None else round(self.built_seconds, 3),
         }
 
 
@@ -78,6 +80,7 @@ class BuildResult:
             "validations": dict(self.validations),
             "benchmark": self.benchmarks.get("model"),
             "benchmarks": dict(self.benchmarks),
+            "package_bytes": tree_bytes(self.package) if self.package else None,
             "store": str(self.store_root),
         }
 
@@ -168,11 +171,13 @@ class Executor:
         assert key is not None, f"{stage.name}: inputs unknown after walk"
         self.digests[stage.name] = key
         state = self._consumer_state(stage)
-        if state == "miss":
+        if state == "miss" and self._forced(stage):
             self._value(stage)
         elif state == "hit":
             self._cached(stage)
-        # else: decided later, run on demand if a consumer misses
+        # else: run on demand when a consumer runs, inside that consumer's lock, so parallel
+        # builds of one key (a sweep's jobs) do not each compute it first
+
 
     def _visit_materialized(self, stage: Stage) -> None:
         r = self.results[stage.name]
@@ -185,7 +190,7 @@ class Executor:
                 if rec is None:
                     self._run(stage)
                     return
-        r.digest, r.result = rec["digest"], rec.get("result") or {}
+        r.digest, r.result, r.built_seconds = rec["digest"], rec.get("result") or {}, rec.get("seconds")
         self.digests[stage.name] = rec["digest"]
         self.store.records.note_used(stage.role, self.plan.models[stage.role], stage.name, key)
         self._cached(stage)
@@ -263,7 +268,7 @@ class Executor:
         finally:
             if tmp is not None:
                 remove_tree(tmp)
-        r.status, r.digest, r.result = "ran", digest, result
+        r.status, r.digest, r.result, r.built_seconds = "ran", digest, result, r.seconds
         self.digests[stage.name] = digest
         self.ran.setdefault(key, stage.name)
         self.store.records.write({
@@ -293,6 +298,11 @@ class Executor:
             if s.spec.provides == "benchmark" and r.result:
                 res.benchmarks[s.role] = r.result
         return res
+
+
+def tree_bytes(tree: Path) -> int:
+    """The bytes of a tree's files (a file hard-linked twice counts twice: what a copy would take)."""
+    return sum(p.stat().st_size for p in Path(tree).rglob("*") if p.is_file())
 
 
 class _Stop(Exception):

@@ -46,11 +46,15 @@ def precheck_overrides(argv: Sequence[str], note: Any = None, config_name: str =
     from pipeline.pass_api import UserError
     from pipeline.plan import prepare
 
-    for combo in checked:
+    for i, combo in enumerate(checked):
         try:
             cfg = compose(combo, config_name=args.config_name or config_name)
         except Exception as exc:  # noqa: BLE001
             return one_line(exc, config_name)
+        if args.multirun and i == 0 and cfg.get("sweep") is not None:
+            problem = _report_choice(cfg, combos)
+            if problem:
+                return problem
         if args.multirun and not cfg.pipeline.show_graph:
             try:
                 prepare(cfg, resolve=False)
@@ -73,6 +77,23 @@ def _sample(combos: list[list[str]]) -> list[list[str]]:
         if combo not in picked:
             picked.append(combo)
     return picked
+
+
+def _report_choice(cfg: Any, combos: list[list[str]]) -> str | None:
+    """The report's metric and axes (sweep.*) against the swept keys, before any job runs."""
+    from pipeline.report import check_choice
+
+    values: dict[str, set[str]] = {}
+    for combo in combos:
+        for item in combo:
+            key, _, value = item.lstrip("+~").partition("=")
+            values.setdefault(key, set()).add(value)
+    swept = [k for k, v in values.items() if len(v) > 1] or list(values)
+    try:
+        check_choice(cfg.sweep.metric, cfg.sweep.x, cfg.sweep.y, swept)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _combinations(overrides: list[str]) -> list[list[str]]:

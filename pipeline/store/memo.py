@@ -26,25 +26,48 @@ NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs",
 
 def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
     """The type of the filesystem holding ``path`` (its nearest existing ancestor), from /proc/self/mountinfo."""
+    return mount_of(path, mountinfo)[0]
+
+
+def mount_of(path: Path, mountinfo: str | None = None) -> tuple[str | None, frozenset[str]]:
+    """(filesystem type, mount and superblock options) of the mount holding ``path``."""
     path, rest = Path(path).absolute(), []
     while not path.exists() and path != path.parent:  # where it will be: its nearest existing ancestor, resolved
         path, rest = path.parent, [path.name, *rest]
     real = os.path.join(os.path.realpath(path), *rest)
-    best, fstype = "", None
+    best, found = "", (None, frozenset())
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
-            return None
+            return found
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
+        fields, tail = left.split(), right.split()
+        if len(fields) < 6 or not tail:
             continue
         mount = fields[4].replace("\\040", " ")
         if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-            best, fstype = mount, right.split()[0]
-    return fstype
+            options = set(fields[5].split(",")) | (set(tail[2].split(",")) if len(tail) > 2 else set())
+            best, found = mount, (tail[0], frozenset(options))
+    return found
+
+
+def lock_problem(root: Path, mountinfo: str | None = None) -> str | None:
+    """Why builders on several machines could not exclude each other on this store, or None.
+
+    The store's locks are flock() locks (filelock); Linux's NFS client turns them into NFS
+    byte-range locks, which every client sees, unless the mount keeps locks local to the host
+    (``nolock``, ``local_lock=flock`` or ``local_lock=all``)."""
+    fstype, options = mount_of(root, mountinfo)
+    if not fstype or not fstype.startswith("nfs"):
+        return None
+    local = sorted(options & {"nolock", "local_lock=flock", "local_lock=all"})
+    if local:
+        return (f"store.root: {str(root)!r} is on NFS mounted with {local[0]}: its locks would hold on this machine "
+                "only; allowed: a store on a mount with NFS locking (NFSv4, or NFSv3 with lockd; not nolock or "
+                "local_lock=flock|all), or a local folder")
+    return None
 
 
 def default_memo_path(root: Path, fstype: str | None = None) -> Path:

@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/speculative.py
 	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/remote.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,23 +15,13 @@ import argparse
 import itertools
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import timed_pipeline
+
 AXES = {"hw.num_cores": ["1", "2", "4"], "compile.prefill_seq_len": ["32", "128"], "compile.ctx_len": ["256", "512"]}
 SHARED = ("load", "transform", "export", "rewrite", "reference")
-
-
-def run(args: list[str]) -> float:
-    started = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"bench: {' '.join(args)} failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -44,14 +34,14 @@ def main() -> None:
         store = Path(tmp) / "sweep-store"
         sweep_dir = Path(tmp) / "sweep"
         grid = [f"{k}={','.join(v)}" for k, v in AXES.items()]
-        sweep_s = run(["-m", f"model={args.model}", f"store.root={store}", f"hydra.sweep.dir={sweep_dir}",
+        sweep_s = timed_pipeline(["-m", f"model={args.model}", f"store.root={store}", f"hydra.sweep.dir={sweep_dir}",
                        "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}", *grid])
         report = (sweep_dir / "sweep.md").read_text()
         alone_s, shared, per_point = 0.0, 0.0, 0.0
         for i, point in enumerate(points):
             own = Path(tmp) / f"alone-{i}"
             run_dir = own / "run"
-            alone_s += run([f"model={args.model}", f"store.root={own / 'store'}", f"hydra.run.dir={run_dir}", *point])
+            alone_s += timed_pipeline([f"model={args.model}", f"store.root={own / 'store'}", f"hydra.run.dir={run_dir}", *point])
             stages = {s["name"]: s["seconds"] for s in json.loads((run_dir / "summary.json").read_text())["stages"]}
             shared = max(shared, sum(stages.get(s, 0) for s in SHARED))
             per_point += sum(t for s, t in stages.items() if s not in SHARED)

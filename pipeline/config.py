@@ -70,6 +70,9 @@ class ValidateConfig:
 class StoreConfig:
     root: str = "artifacts"
     memo: Optional[str] = None  # the local digest memo; null: in the store, or ~/.cache when the store is on NFS
+    remote: Optional[str] = None   # a second tier (pipeline.store.remote): an fsspec URL (s3://bucket/prefix, a folder)
+    push: bool = False             # push what this run builds to the remote (CI); false: read only
+    remote_options: Dict[str, Any] = field(default_factory=dict)  # fsspec storage options (e.g. client_kwargs.endpoint_url)
 
 
 @dataclass

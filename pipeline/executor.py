@@ -38,6 +38,7 @@ class StageResult:
     peak_rss: int | None = None
     result: dict[str, Any] = field(default_factory=dict)
     built_seconds: float | None = None  # what building it took: this run's, or the record's when cached
+    source: str | None = None           # "remote": a hit pulled from store.remote
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class StageResult:
             "seconds": round(self.seconds, 3), "digest": self.digest, "why": self.why, "note": self.note,
             "error": self.error, "peak_rss_bytes": self.peak_rss,
             "built_seconds": None if self.built_seconds is None else round(self.built_seconds, 3),
+            **({"source": self.source} if self.source else {}),
         }
 
 
@@ -89,6 +91,11 @@ class Executor:
     def __init__(self, plan: BuildPlan, instruments: Sequence[Instrument] = (), run_dir: Path | None = None):
         self.plan = plan
         self.store = Store(plan.store_root, plan.memo)
+        self.remote = None
+        if plan.remote:
+            from pipeline.store.remote import Remote
+
+            self.remote = Remote(plan.remote["url"], plan.remote["options"], plan.remote["push"])
         self.instruments = list(instruments)
         self.run_dir = run_dir
         self.results = {s.name: StageResult(s.name, s.role) for s in plan.stages}
@@ -187,6 +194,8 @@ class Executor:
         if rec is None:
             with self.store.lock(key):
                 rec = None if self._forced(stage) else self.store.lookup(key)
+                if rec is None and self.remote is not None and not self._forced(stage):
+                    rec = self._pull(stage, key)
                 if rec is None:
                     self._run(stage)
                     return
@@ -194,6 +203,31 @@ class Executor:
         self.digests[stage.name] = rec["digest"]
         self.store.records.note_used(stage.role, self.plan.models[stage.role], stage.name, key)
         self._cached(stage)
+
+    def _pull(self, stage: Stage, key: str) -> dict[str, Any] | None:
+        """The remote's record of the key, pulled into the local store (blobs digest-checked), or None.
+        A remote that fails or serves a bad blob is reported in the stage's note and the stage is built here."""
+        r = self.results[stage.name]
+        try:
+            rec = self.remote.record(key)
+            if rec is None or rec.get("key") != key:
+                return None
+            self.remote.pull(rec, self.store)
+        except Exception as exc:  # noqa: BLE001 - the remote is a cache: on any failure, build
+            r.note = f"remote not used: {_one_line(exc)}"
+            return None
+        rec = self.store.lookup(key)
+        if rec is not None:
+            r.source, r.note = "remote", f"from {self.remote}"
+        return rec
+
+    def _push(self, stage: Stage, rec: dict[str, Any]) -> None:
+        if self.remote is None or not self.remote.push_enabled or not rec.get("materialized"):
+            return
+        try:
+            self.remote.push(rec, self.store)
+        except Exception as exc:  # noqa: BLE001 - a failed push leaves the local build intact
+            self.results[stage.name].note = f"not pushed to {self.remote}: {_one_line(exc)}"
 
     def _release_inputs(self, stage: Stage) -> None:
         """Drop in-memory values (a loaded model) once every consumer of their stages has been visited."""
@@ -271,12 +305,14 @@ class Executor:
         r.status, r.digest, r.result, r.built_seconds = "ran", digest, result, r.seconds
         self.digests[stage.name] = digest
         self.ran.setdefault(key, stage.name)
-        self.store.records.write({
+        record = {
             "stage": stage.name, "pass": stage.spec.name, "role": stage.role, "model": self.plan.models[stage.role],
             "key": key, "ingredients": self.ingr[stage.name], "digest": digest, "materialized": materialized,
             "files": files, "seconds": round(r.seconds, 3), "peak_rss_bytes": r.peak_rss, "created": now_iso(),
             "result": result, "why": r.why,
-        })
+        }
+        self.store.records.write(record)
+        self._push(stage, record)
         for i in self.instruments:
             i.after_run(stage, r)
 

@@ -34,6 +34,7 @@ class BuildPlan:
     store_root: Path
     memo: str | None
     graph: Any
+    remote: dict[str, Any] | None = None  # store.remote: {"url", "options", "push"} (pipeline.store.remote)
 
 
 def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Sequence[str] = ("model",)) -> BuildPlan:
@@ -88,6 +89,7 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Se
     return BuildPlan(
         stages=stages, by_name={s.name: s for s in stages}, consumers=consumers, params=params, force=force,
         models=models, facts=facts, store_root=Path(cfg.store.root).absolute(), memo=cfg.store.memo, graph=g,
+        remote=_remote(cfg.store),
     )
 
 
@@ -115,3 +117,23 @@ def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:
             f"store.root: {str(plan.store_root)!r} has {free / 2**30:.1f} GiB free; "
             f"the stages to run need about {need_disk / 2**30:.1f} GiB (free space or move store.root)"
         )
+
+
+def _remote(store: Any) -> dict[str, Any] | None:
+    """store.remote (an fsspec URL) with its options and push flag; one-line UserError on a bad one."""
+    url = store.get("remote")
+    if not url:
+        return None
+    if not isinstance(url, str) or ("://" not in url and not url.startswith("/")):
+        raise UserError(f"store.remote: {url!r} is not allowed; allowed: an fsspec URL (s3://bucket/prefix, "
+                        "file:///path, an absolute folder), or null")
+    try:
+        from fsspec.registry import get_filesystem_class
+
+        get_filesystem_class(url.split("://", 1)[0] if "://" in url else "file")
+    except (ImportError, ValueError) as e:
+        raise UserError(f"store.remote: {url!r} is not allowed here ({e}); allowed: a URL whose fsspec "
+                        "filesystem is installed (s3fs for s3://)") from None
+    options = OmegaConf.to_container(store.remote_options, resolve=True) if store.get("remote_options") else {}
+    return {"url": url, "options": options, "push": bool(store.get("push"))}
+

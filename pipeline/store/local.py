@@ -103,6 +103,25 @@ class Store:
             digests[rel] = digest
         point("after_blobs")
         digest = tree_digest(digests)
+        tree = self.place_tree(digest, digests)
+        point("after_tree")
+        files = {rel: [d, os.stat(tree / rel).st_size] for rel, d in digests.items()}
+        remove_tree(built)
+        return digest, files
+
+    def has_blob(self, file_id: str) -> bool:
+        """The blob is in cas/ with its content (checked through the memo)."""
+        try:
+            return self.memo.file(self.blob_path(file_id)) == content_digest(file_id)
+        except OSError:
+            return False
+
+    def add_blob(self, src: Path, file_id: str) -> None:
+        """Move a file whose content digest is known (checked by the caller) into cas/."""
+        self._put_blob(src, file_id)
+
+    def place_tree(self, digest: str, digests: dict[str, str]) -> Path:
+        """trees/<digest>/ holding these files, hard-linked from their blobs (which must be in cas/)."""
         tree = self.tree_path(digest)
         if not self._tree_matches(tree, digests):
             staging = self.new_tmp(f"tree-{digest[:12]}")
@@ -120,10 +139,7 @@ class Store:
                 if not self._tree_matches(tree, digests):
                     raise
                 remove_tree(staging)
-        point("after_tree")
-        files = {rel: [d, os.stat(tree / rel).st_size] for rel, d in digests.items()}
-        remove_tree(built)
-        return digest, files
+        return tree
 
     def _put_blob(self, src: Path, file_id: str) -> None:
         blob = self.blob_path(file_id)

@@ -1,0 +1,155 @@
+"""The store's second tier: a remote (any fsspec URL: a folder, ``s3://bucket/prefix``, ...) holding records and blobs.
+
+    <remote>/ac/<key>.json        an action record (the same portable JSON as the local store's)
+    <remote>/cas/<xx>/<file id>   blobs, named by content digest
+
+As Bazel's remote cache: a local miss asks the remote first; a hit pulls the record and only
+the blobs the local store lacks, checks each blob's digest, and builds the tree locally. A
+build pushes its blobs, then its record (a reader never sees a record whose blobs are not all
+there), when ``push`` is on (CI); otherwise the remote is read only (laptops). Credentials come
+from fsspec's and botocore's usual places (environment, config files, ``store.remote_options``)
+and are never written anywhere: the URL is shown without any user or password in it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.store.digests import tree_digest
+from pipeline.store.local import EXEC_SUFFIX, Store, content_digest, remove_tree
+
+BIG_BLOB = 64 << 20   # blobs from this size on show a progress bar
+RETRIES = 4           # transient errors: tries per transfer, with backoff
+
+
+def shown(url: str) -> str:
+    """The URL without credentials (user:password@)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+class Remote:
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None, push: bool = False):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.push_enabled = push
+        self.fs, self.base = fsspec.core.url_to_fs(self.url, **dict(options or {}))
+        self.base = self.base.rstrip("/")
+        self.pushed_bytes = 0
+        self.pulled_bytes = 0
+
+    def __str__(self) -> str:
+        return shown(self.url)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def record_path(self, key: str) -> str:
+        return self._path("ac", f"{key}.json")
+
+    def blob_path(self, file_id: str) -> str:
+        return self._path("cas", file_id[:2], file_id)
+
+    # ---- reading
+    def record(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = _retry(lambda: self.fs.cat_file(self.record_path(key)))
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None  # unreadable: as absent
+
+    def pull(self, rec: dict[str, Any], store: Store) -> None:
+        """Every blob of the record the local store lacks (digest-checked), the tree, then the record."""
+        if rec.get("materialized"):
+            digests = {rel: entry[0] for rel, entry in rec["files"].items()}
+            if tree_digest(digests) != rec["digest"]:
+                raise RuntimeError(f"store.remote: the record of {rec['key'][:16]}… in {self} does not match its "
+                                   "files: refused")
+            for rel, (file_id, size) in rec["files"].items():
+                if not store.has_blob(file_id):
+                    self._download(file_id, size, store)
+            store.place_tree(rec["digest"], digests)
+        store.records.write(rec)
+
+    def _download(self, file_id: str, size: int, store: Store) -> None:
+        folder = store.new_tmp(f"pull-{file_id[:12]}")
+        tmp = folder / "blob"
+        try:
+            _retry(lambda: self.fs.get_file(self.blob_path(file_id), str(tmp),
+                                            callback=_progress(size, f"pull {file_id[:12]}")))
+            digest = _sha256(tmp)
+            if digest != content_digest(file_id) or tmp.stat().st_size != size:
+                raise RuntimeError(f"store.remote: blob {file_id[:16]}… from {self} has sha256 {digest[:16]}… and "
+                                   f"{tmp.stat().st_size} bytes, not what its record says: refused")
+            if file_id.endswith(EXEC_SUFFIX):
+                tmp.chmod(0o755)
+            store.add_blob(tmp, file_id)
+        finally:
+            remove_tree(folder)
+        self.pulled_bytes += size
+
+    # ---- writing
+    def push(self, rec: dict[str, Any], store: Store) -> None:
+        """Blobs the remote lacks, then the record (last: its presence means the blobs are there)."""
+        if rec.get("materialized"):
+            for file_id, size in {e[0]: e[1] for e in rec["files"].values()}.items():
+                target = self.blob_path(file_id)
+                if _retry(lambda: self.fs.exists(target)):
+                    continue
+                self._upload(str(store.blob_path(file_id)), target, size)
+        data = json.dumps(rec, indent=1, sort_keys=True).encode()
+        self._put_atomic(data, self.record_path(rec["key"]))
+
+    def _upload(self, local: str, target: str, size: int) -> None:
+        staging = f"{target}.part-{secrets.token_hex(4)}"
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        _retry(lambda: self.fs.put_file(local, staging, callback=_progress(size, f"push {Path(target).name[:12]}")))
+        _retry(lambda: self.fs.mv(staging, target))
+        self.pushed_bytes += size
+
+    def _put_atomic(self, data: bytes, target: str) -> None:
+        staging = f"{target}.part-{secrets.token_hex(4)}"
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        _retry(lambda: self.fs.pipe_file(staging, data))
+        _retry(lambda: self.fs.mv(staging, target))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _progress(size: int, label: str) -> Any:
+    from fsspec.callbacks import NoOpCallback, TqdmCallback
+
+    if size < BIG_BLOB:
+        return NoOpCallback()
+    return TqdmCallback(tqdm_kwargs={"desc": label, "unit": "B", "unit_scale": True, "leave": False})
+
+
+def _retry(call: Callable[[], Any]) -> Any:
+    """A transfer, retried on transient errors (connection, timeout, 5xx as OSError); not on a missing file."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except FileNotFoundError:
+            raise
+        except (OSError, ConnectionError, TimeoutError):
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+    return None

@@ -216,10 +216,15 @@ def check_spd(cfg: Any) -> None:
         raise UserError(f"spd.name: {spd.name!r} is not allowed; allowed: {' | '.join(SPD_SCHEMES)} (spd=<scheme>)")
     if spd.name == "none":
         return
+    from runtime.package_format import speculative_ks
+
     k = OmegaConf.to_container(spd, resolve=True)["num_speculative_tokens"]
-    ks = k if isinstance(k, list) else [k]
-    if not ks or len(set(ks)) != len(ks) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in ks):
-        raise UserError(f"spd.num_speculative_tokens: {k!r} is not allowed with spd={spd.name}; allowed: an integer >= 1, "
+    try:
+        ks = speculative_ks(k, "spd.num_speculative_tokens")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if ks is None:
+        raise UserError(f"spd.num_speculative_tokens: None is not allowed with spd={spd.name}; allowed: an integer >= 1, "
                         "or a list of distinct such integers")
     compiled = OmegaConf.to_container(cfg.compile, resolve=True)["num_speculative_tokens"]
     if compiled != k:

@@ -22,6 +22,7 @@ from pipeline.keys import canonical_params, explain, ingredients, key_of
 from pipeline.pass_api import StageFailure, UserError
 from pipeline.plan import BuildPlan
 from pipeline.store import Store, now_iso, remove_tree
+from pipeline.store.maintenance import tree_bytes
 
 
 @dataclass
@@ -57,6 +58,7 @@ class BuildResult:
     packages: dict[str, Path] = field(default_factory=dict)          # role -> package tree
     validations: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> validation result
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)   # role -> benchmark result
+    package_bytes: int | None = None  # the model's package: the sum of its files' sizes (from its record)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +84,7 @@ class BuildResult:
             "validations": dict(self.validations),
             "benchmark": self.benchmarks.get("model"),
             "benchmarks": dict(self.benchmarks),
-            "package_bytes": tree_bytes(self.package) if self.package else None,
+            "package_bytes": self.package_bytes,
             "store": str(self.store_root),
         }
 
@@ -184,7 +186,6 @@ class Executor:
             self._cached(stage)
         # else: run on demand when a consumer runs, inside that consumer's lock, so parallel
         # builds of one key (a sweep's jobs) do not each compute it first
-
 
     def _visit_materialized(self, stage: Stage) -> None:
         r = self.results[stage.name]
@@ -329,16 +330,13 @@ class Executor:
             r = self.results[s.name]
             if s.spec.provides == "package" and r.status in ("ran", "cached"):
                 res.packages[s.role] = self.store.tree_path(r.digest)
+                if s.role == "model":
+                    res.package_bytes = tree_bytes(self.store.records.read(r.key) or {})
             if s.spec.provides == "validation" and r.result:
                 res.validations[s.role] = r.result
             if s.spec.provides == "benchmark" and r.result:
                 res.benchmarks[s.role] = r.result
         return res
-
-
-def tree_bytes(tree: Path) -> int:
-    """The bytes of a tree's files (a file hard-linked twice counts twice: what a copy would take)."""
-    return sum(p.stat().st_size for p in Path(tree).rglob("*") if p.is_file())
 
 
 class _Stop(Exception):

@@ -84,11 +84,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         prompts = read_prompts(cfg)
         sampling = sampling_params(cfg)
-        if cfg.spd.name != "none":
-            for key, greedy in (("temperature", 0.0), ("repetition_penalty", 1.0)):
-                if cfg.sampling[key] != greedy:
-                    raise UserError(f"sampling.{key}: {cfg.sampling[key]!r} is not allowed with spd={cfg.spd.name}; "
-                                    f"allowed: {greedy:g} (speculative decoding here is greedy)")
+        if cfg.spd.name != "none":  # before the build: speculative decoding is greedy
+            from runtime.speculative import check_greedy
+
+            try:
+                check_greedy(sampling, cfg.spd.name)
+            except ValueError as e:
+                raise UserError(str(e)) from None
         if cfg.generation_len is not None and cfg.generation_len < 1:
             raise UserError(f"generation_len: {cfg.generation_len!r} is not allowed; allowed: an integer >= 1, or null")
         from pipeline.api import build

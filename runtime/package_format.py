@@ -62,6 +62,17 @@ ONNXRUNTIME = "onnxruntime"
 QAIC = "qaic"
 
 
+def speculative_ks(value: Any, key: str = "compile.num_speculative_tokens") -> list[int] | None:
+    """None, or the list of K (an int K is a list of one); ValueError naming ``key`` on a bad value."""
+    if value is None:
+        return None
+    ks = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ValueError(f"{key}: {shown!r} is not allowed; allowed: an integer >= 1, or a list of distinct such integers")
+    return ks
+
+
 @dataclass(frozen=True)
 class IoValue:
     """One graph input or output: its name in the graph, its role, dtype and shape (named axes as str)."""

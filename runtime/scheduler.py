@@ -59,10 +59,6 @@ class Run:
         e2e = self.ended - self.started
         decoded = sum(max(len(r.ids) - 1, 0) for r in self.results)
         total = sum(len(r.ids) for r in self.results)
-        return {**self._base(prefill, decode, e2e, decoded, total), **self.extra_metrics}
-
-    @staticmethod
-    def _base(prefill: float, decode: float, e2e: float, decoded: int, total: int) -> dict[str, float]:
         return {
             "prefill_time_s": prefill,
             "decode_time_s": decode,
@@ -71,6 +67,7 @@ class Run:
             "e2e_time_s": e2e,
             "decoded_tokens": float(decoded),
             "generated_tokens": float(total),
+            **self.extra_metrics,
         }
 
 

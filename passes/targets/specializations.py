@@ -37,17 +37,6 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def speculative_ks(num_speculative_tokens: Any) -> list[int] | None:
-    """None, or the list of K (an int K is a list of one); ValueError on a bad value."""
-    if num_speculative_tokens is None:
-        return None
-    ks = list(num_speculative_tokens) if isinstance(num_speculative_tokens, (list, tuple)) else [num_speculative_tokens]
-    if not ks or not all(_int(k) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
-        raise ValueError(f"compile.num_speculative_tokens: {_show(num_speculative_tokens)} is not allowed; "
-                         "allowed: an integer >= 1, or a list of distinct such integers")
-    return ks
-
-
 def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: int | None = None,
          num_speculative_tokens: int | Iterable[int] | None = None) -> list[dict[str, int]]:
     """The compiled shapes, prefill first; ValueError (one line: key, value, allowed) on bad values."""
@@ -65,7 +54,7 @@ def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: i
         if batch_size != 1:
             raise ValueError(f"compile.batch_size: {batch_size} is not allowed; allowed: 1 with "
                              "compile.full_batch_size (continuous batching prefills one sequence at a time)")
-    ks = speculative_ks(num_speculative_tokens)
+    ks = fmt.speculative_ks(num_speculative_tokens)
     if ks is not None and max(ks) + 1 > ctx_len:
         raise ValueError(f"compile.num_speculative_tokens: {_show(num_speculative_tokens)} is not allowed; "
                          f"allowed: K+1 <= {ctx_len} (compile.ctx_len)")

@@ -4,8 +4,8 @@
 continuous batching) whose greedy output equals plain decoding of the same target.
 """
 from runtime.speculative.proposers import DraftModel, PromptLookup, Projections, Proposer, lookup
-from runtime.speculative.scheduler import SpeculativeScheduler
+from runtime.speculative.scheduler import SpeculativeScheduler, check_greedy
 
 SCHEMES = ("none", "draft", "pld", "multiproj")
 
-__all__ = ["DraftModel", "PromptLookup", "Projections", "Proposer", "SpeculativeScheduler", "SCHEMES", "lookup"]
+__all__ = ["DraftModel", "PromptLookup", "Projections", "Proposer", "SpeculativeScheduler", "SCHEMES", "check_greedy", "lookup"]

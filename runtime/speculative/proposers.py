@@ -113,7 +113,8 @@ class DraftModel(Proposer):
         self.prefill = self.program.spec(fmt.PREFILL)
         self.decode = self.program.decode_spec(1)
         self.kv = session.new_kv()
-        self.seen: dict[int, int] = {}
+        self.seen: dict[int, int] = {}  # per row: context tokens its KV holds
+        self.fed: dict[int, int] = {}   # per row: tokens fed in the last propose (the last token + proposals but one)
 
     def check(self, target: fmt.Program) -> None:
         """The draft must share the target's vocabulary, KV rows and context."""

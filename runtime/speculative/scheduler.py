@@ -26,17 +26,22 @@ from runtime.session import Session
 from runtime.speculative.proposers import Proposer
 
 
+def check_greedy(sampling: SamplingParams, scheme: str) -> None:
+    """ValueError, one line, for sampling settings speculative decoding does not keep (it is greedy here)."""
+    for key, value, greedy in (("temperature", sampling.temperature, 0.0),
+                               ("repetition_penalty", sampling.repetition_penalty, 1.0)):
+        if value != greedy:
+            raise ValueError(f"sampling.{key}: {value!r} is not allowed with spd={scheme}; allowed: "
+                             f"{greedy:g} (speculative decoding here is greedy)")
+
+
 class SpeculativeScheduler(Scheduler):
     """``Scheduler`` with a proposer; ``accepted[index]``: tokens each target step produced for a request."""
 
     def __init__(self, session: Session, proposer: Proposer, eos_ids: Sequence[int] = (),
                  sampling: SamplingParams = SamplingParams(), on_token=None, num_speculative_tokens: int | None = None):
         super().__init__(session, eos_ids, sampling, on_token)
-        for key, value, greedy in (("temperature", sampling.temperature, 0.0),
-                                   ("repetition_penalty", sampling.repetition_penalty, 1.0)):
-            if value != greedy:
-                raise ValueError(f"sampling.{key}: {value!r} is not allowed with spd={proposer.name}; allowed: "
-                                 f"{greedy:g} (speculative decoding here is greedy)")
+        check_greedy(sampling, proposer.name)
         ks = sorted(s.k for s in self.program.specializations if fmt.DECODE_K in s.roles)
         if not ks:
             raise ValueError(f"spd: {proposer.name} is not allowed for this package; allowed: a package built with "
@@ -45,7 +50,6 @@ class SpeculativeScheduler(Scheduler):
         if self.k > max(ks):
             raise ValueError(f"spd.num_speculative_tokens: {self.k} is not allowed for this package; allowed: <= {max(ks)}")
         self.proposer = proposer
-        self.decode = self.program.decode_spec(1)
         self.accepted: dict[int, list[int]] = {}
         self.iterations = 0
         self.target_seconds = 0.0

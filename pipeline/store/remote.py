@@ -43,6 +43,9 @@ class Remote:
         self.push_enabled = push
         self.fs, self.base = fsspec.core.url_to_fs(self.url, **dict(options or {}))
         self.base = self.base.rstrip("/")
+        # an object store's PUT is atomic (a reader sees all of an object or none of it); a folder
+        # needs a staging name and a rename, as the local store does
+        self.staged = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self.pushed_bytes = 0
         self.pulled_bytes = 0
 
@@ -112,17 +115,19 @@ class Remote:
         self._put_atomic(data, self.record_path(rec["key"]))
 
     def _upload(self, local: str, target: str, size: int) -> None:
-        staging = f"{target}.part-{secrets.token_hex(4)}"
+        staging = f"{target}.part-{secrets.token_hex(4)}" if self.staged else target
         self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         _retry(lambda: self.fs.put_file(local, staging, callback=_progress(size, f"push {Path(target).name[:12]}")))
-        _retry(lambda: self.fs.mv(staging, target))
+        if staging != target:
+            _retry(lambda: self.fs.mv(staging, target))
         self.pushed_bytes += size
 
     def _put_atomic(self, data: bytes, target: str) -> None:
-        staging = f"{target}.part-{secrets.token_hex(4)}"
+        staging = f"{target}.part-{secrets.token_hex(4)}" if self.staged else target
         self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         _retry(lambda: self.fs.pipe_file(staging, data))
-        _retry(lambda: self.fs.mv(staging, target))
+        if staging != target:
+            _retry(lambda: self.fs.mv(staging, target))
 
 
 def _sha256(path: Path) -> str:

@@ -6,7 +6,6 @@ Exit codes, for a run and for a sweep (its worst job), under any Hydra launcher:
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 import traceback
@@ -14,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from pipeline.cli import job_dir
 from pipeline.config import register
-from pipeline.overrides import replace_dicts
 from pipeline.pass_api import UserError
 
 register()
@@ -27,11 +25,7 @@ register()
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """One job: build, print, write summary.json (with its exit code) and return the summary."""
-    logging.getLogger().setLevel(logging.WARNING)  # libraries stay quiet; stages print progress
-    logging.getLogger("hydra").setLevel(logging.INFO)
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    replace_dicts(cfg, hydra_cfg.overrides.task)
+    run_dir = job_dir(cfg)
     if cfg.pipeline.show_graph:
         return _show_graph(cfg, run_dir)
     summary: dict[str, Any] = {"stages": [], "validation": None, "package": None}

@@ -155,6 +155,15 @@ class InferConfig(Config):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
+@dataclass
+class PublishConfig(Config):
+    """``python -m pipeline.publish``: the build's config plus where to publish its package (pipeline.store.publications)."""
+
+    to: Optional[str] = None          # an fsspec URL: a folder, s3://bucket/prefix, ...
+    name: Optional[str] = None        # null: <model>-<target>-<first 12 of the package key>
+    to_options: Dict[str, Any] = field(default_factory=dict)  # fsspec storage options (e.g. client_kwargs.endpoint_url)
+
+
 def _package_file(package: str, name: str) -> str:
     """``${package_file:pkg,file}``: a file shipped in an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
@@ -178,7 +187,8 @@ def register(config_name: str = "config") -> None:
         for target, schema in target_schemas().items():
             cs.store(group="hw_schema", name=target, node=schema)
         _registered.add("targets")
-    schemas = {"config": ("base_config", Config), "infer": ("infer_config", InferConfig)}
+    schemas = {"config": ("base_config", Config), "infer": ("infer_config", InferConfig),
+               "publish": ("publish_config", PublishConfig)}
     if config_name in schemas and config_name not in _registered:
         cs.store(name=schemas[config_name][0], node=schemas[config_name][1])
         _registered.add(config_name)

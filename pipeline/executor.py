@@ -56,6 +56,7 @@ class BuildResult:
     stages: list[StageResult]
     store_root: Path
     packages: dict[str, Path] = field(default_factory=dict)          # role -> package tree
+    package_keys: dict[str, str] = field(default_factory=dict)       # role -> the package stage's key
     validations: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> validation result
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)   # role -> benchmark result
     package_bytes: int | None = None  # the model's package: the sum of its files' sizes (from its record)
@@ -330,6 +331,7 @@ class Executor:
             r = self.results[s.name]
             if s.spec.provides == "package" and r.status in ("ran", "cached"):
                 res.packages[s.role] = self.store.tree_path(r.digest)
+                res.package_keys[s.role] = r.key
                 if s.role == "model":
                     res.package_bytes = tree_bytes(self.store.records.read(r.key) or {})
             if s.spec.provides == "validation" and r.result:

@@ -12,18 +12,16 @@ generation failed, 2 bad input.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.cli import finish_job, job_dir
 from pipeline.config import register
-from pipeline.overrides import replace_dicts
 from pipeline.pass_api import UserError
 
 CONFIG = "infer"
@@ -76,11 +74,7 @@ def sampling_params(cfg: Any) -> Any:
 
 @hydra.main(config_path="../conf", config_name=CONFIG, version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("hydra").setLevel(logging.INFO)
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    replace_dicts(cfg, hydra_cfg.overrides.task)
+    run_dir = job_dir(cfg)
     try:
         prompts = read_prompts(cfg)
         sampling = sampling_params(cfg)
@@ -99,23 +93,23 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
                        goals=("package",), roles=roles)
     except UserError as exc:
-        return _finish(run_dir, 2, {"error": str(exc)}, str(exc))
+        return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     summary: dict[str, Any] = {**result.summary()}
     if not result.ok or result.package is None:
-        return _finish(run_dir, 1, summary, None)
+        return finish_job(run_dir, 1, summary, None)
     try:
         info = _generate(cfg, result.package, prompts, sampling, result.packages.get("draft_model"))
     except UserError as exc:
-        return _finish(run_dir, 2, {**summary, "error": str(exc)}, str(exc))
+        return finish_job(run_dir, 2, {**summary, "error": str(exc)}, str(exc))
     except Exception as exc:  # noqa: BLE001 - a generation failure is reported like a stage failure
         (run_dir / "infer.error.txt").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "infer.error.txt").write_text("".join(traceback.format_exception(exc)))
         message = f"generation failed: {type(exc).__name__}: {exc}"
-        return _finish(run_dir, 1, {**summary, "error": message}, message)
+        return finish_job(run_dir, 1, {**summary, "error": message}, message)
     path = info.write(run_dir)
     print(info, flush=True)
     print(f"exec info: {path}", flush=True)
-    return _finish(run_dir, 0, {**summary, "exec_info": str(path)}, None)
+    return finish_job(run_dir, 0, {**summary, "exec_info": str(path)}, None)
 
 
 def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft: Path | None = None) -> Any:
@@ -169,15 +163,6 @@ def make_proposer(cfg: Any, session: Any, draft_session: Any = None) -> Any:
     draft = speculative.DraftModel(draft_session, cfg.draft_model.name)
     draft.check(session.program)
     return draft
-
-
-def _finish(run_dir: Path, code: int, summary: dict[str, Any], message: str | None) -> dict[str, Any]:
-    if message:
-        print(f"error: {message}", file=sys.stderr, flush=True)
-    summary = {**summary, "exit_code": code}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
 
 
 if __name__ == "__main__":

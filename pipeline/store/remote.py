@@ -27,6 +27,21 @@ BIG_BLOB = 64 << 20   # blobs from this size on show a progress bar
 RETRIES = 4           # transient errors: tries per transfer, with backoff
 
 
+def check_url(key: str, url: Any) -> str:
+    """``url`` if it names a filesystem fsspec has here; else ValueError ``key: value ... allowed: ...``."""
+    if not isinstance(url, str) or ("://" not in url and not url.startswith("/")):
+        raise ValueError(f"{key}: {url!r} is not allowed; allowed: an fsspec URL (s3://bucket/prefix, "
+                         "file:///path, an absolute folder)")
+    from fsspec.registry import get_filesystem_class
+
+    try:
+        get_filesystem_class(url.split("://", 1)[0] if "://" in url else "file")
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{key}: {shown(url)!r} is not allowed here ({e}); allowed: a URL whose fsspec "
+                         "filesystem is installed (s3fs for s3://)") from None
+    return url
+
+
 def shown(url: str) -> str:
     """The URL without credentials (user:password@)."""
     parts = urlsplit(url)
@@ -52,25 +67,32 @@ class Remote:
     def __str__(self) -> str:
         return shown(self.url)
 
-    def _path(self, *parts: str) -> str:
+    def path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 
     def record_path(self, key: str) -> str:
-        return self._path("ac", f"{key}.json")
+        return self.path("ac", f"{key}.json")
 
     def blob_path(self, file_id: str) -> str:
-        return self._path("cas", file_id[:2], file_id)
+        return self.path("cas", file_id[:2], file_id)
 
     # ---- reading
+    def glob(self, pattern: str) -> list[str]:
+        return list(_retry(lambda: self.fs.glob(pattern)))
+
     def record(self, key: str) -> dict[str, Any] | None:
+        return self.read_json(self.record_path(key))
+
+    def read_json(self, path: str) -> Any:
+        """A JSON object of the remote; None when absent or unreadable."""
         try:
-            data = _retry(lambda: self.fs.cat_file(self.record_path(key)))
+            data = _retry(lambda: self.fs.cat_file(path))
         except FileNotFoundError:
             return None
         try:
             return json.loads(data)
         except ValueError:
-            return None  # unreadable: as absent
+            return None
 
     def pull(self, rec: dict[str, Any], store: Store) -> None:
         """Every blob of the record the local store lacks (digest-checked), the tree, then the record."""
@@ -87,32 +109,41 @@ class Remote:
 
     def _download(self, file_id: str, size: int, store: Store) -> None:
         folder = store.new_tmp(f"pull-{file_id[:12]}")
-        tmp = folder / "blob"
         try:
-            _retry(lambda: self.fs.get_file(self.blob_path(file_id), str(tmp),
-                                            callback=_progress(size, f"pull {file_id[:12]}")))
-            digest = _sha256(tmp)
-            if digest != content_digest(file_id) or tmp.stat().st_size != size:
-                raise RuntimeError(f"store.remote: blob {file_id[:16]}… from {self} has sha256 {digest[:16]}… and "
-                                   f"{tmp.stat().st_size} bytes, not what its record says: refused")
-            if file_id.endswith(EXEC_SUFFIX):
-                tmp.chmod(0o755)
-            store.add_blob(tmp, file_id)
+            self.get_blob(file_id, size, folder / "blob")
+            store.add_blob(folder / "blob", file_id)
         finally:
             remove_tree(folder)
         self.pulled_bytes += size
+
+    def get_blob(self, file_id: str, size: int, dest: Path) -> None:
+        """One blob to ``dest``, its sha256 and size checked (RuntimeError on a mismatch), executable if marked."""
+        _retry(lambda: self.fs.get_file(self.blob_path(file_id), str(dest),
+                                        callback=_progress(size, f"pull {file_id[:12]}")))
+        digest = _sha256(dest)
+        if digest != content_digest(file_id) or dest.stat().st_size != size:
+            raise RuntimeError(f"blob {file_id[:16]}… from {self} has sha256 {digest[:16]}… and {dest.stat().st_size} "
+                               f"bytes, not the {size} bytes of sha256 {content_digest(file_id)[:16]}… expected: refused")
+        if file_id.endswith(EXEC_SUFFIX):
+            dest.chmod(0o755)
 
     # ---- writing
     def push(self, rec: dict[str, Any], store: Store) -> None:
         """Blobs the remote lacks, then the record (last: its presence means the blobs are there)."""
         if rec.get("materialized"):
-            for file_id, size in {e[0]: e[1] for e in rec["files"].values()}.items():
-                target = self.blob_path(file_id)
-                if _retry(lambda: self.fs.exists(target)):
-                    continue
-                self._upload(str(store.blob_path(file_id)), target, size)
+            self.push_blobs(rec["files"], store)
         data = json.dumps(rec, indent=1, sort_keys=True).encode()
-        self._put_atomic(data, self.record_path(rec["key"]))
+        self.put_atomic(data, self.record_path(rec["key"]))
+
+    def push_blobs(self, files: Mapping[str, Any], store: Store) -> int:
+        """The blobs of ``files`` ({path: [file id, size]}) the remote lacks; the bytes uploaded."""
+        before = self.pushed_bytes
+        for file_id, size in {e[0]: e[1] for e in files.values()}.items():
+            target = self.blob_path(file_id)
+            if _retry(lambda: self.fs.exists(target)):
+                continue
+            self._upload(str(store.blob_path(file_id)), target, size)
+        return self.pushed_bytes - before
 
     def _upload(self, local: str, target: str, size: int) -> None:
         staging = f"{target}.part-{secrets.token_hex(4)}" if self.staged else target
@@ -122,7 +153,7 @@ class Remote:
             _retry(lambda: self.fs.mv(staging, target))
         self.pushed_bytes += size
 
-    def _put_atomic(self, data: bytes, target: str) -> None:
+    def put_atomic(self, data: bytes, target: str) -> None:
         staging = f"{target}.part-{secrets.token_hex(4)}" if self.staged else target
         self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         _retry(lambda: self.fs.pipe_file(staging, data))

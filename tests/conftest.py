@@ -125,7 +125,8 @@ def s3(tmp_path_factory):
     ports = [free_port(taken) for _ in range(3)]
     proc = subprocess.Popen([weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                              f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
-                             "-s3", f"-s3.port={port}", "-master.volumeSizeLimitMB=64"],
+                             "-s3", f"-s3.port={port}", "-master.volumeSizeLimitMB=64",
+                             "-volume.max=0"],  # volumes by free disk (8 by default: two buckets can exhaust them)
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "pipeline-test", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -1,6 +1,9 @@
 """Pass `validate`: run the package through runtime/ and compare greedy tokens with the reference.
 
-A hard gate: the package's tokens must equal the reference's (exit 1 otherwise). For an AI 100
+A hard gate: the package's tokens must equal the reference's, and where the package runs in
+fp32 (ONNX Runtime: a CPU package, or an AI 100 package's ONNX) its logits must be within
+``validate.atol`` of the reference's, since a missed soft-cap or logit scale can keep every
+argmax on a tiny model and pass a token check alone (exit 1 otherwise). For an AI 100
 package: where the Platform SDK's qaicrt is importable, the QPC itself runs on the device
 (``validation.target`` "qpc"); elsewhere ONNX Runtime runs the exact ONNX handed to the
 compiler ("onnx"). Which of the two enters the key (the ``runner`` param).
@@ -20,6 +23,7 @@ VALIDATION = "validation.json"
 class ValidateParams:
     prompt: str = cfg_field("validate.prompt", "The capital of France is")
     max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
+    atol: float = cfg_field("validate.atol", 1e-3)
     ctx_len: int = cfg_field("compile.ctx_len", 256, kind="note")  # checked against, read from the package
     runner: str = ""  # filled by the resolve hook: "qaicrt" where the AI 100 runtime is importable
 
@@ -62,7 +66,10 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
     compared = len(ref_tokens) if first_diff is None else first_diff + 1
     # Logits are comparable only up to the first differing token (later steps see other inputs).
     diff = float(np.abs(logits[:compared] - ref_logits[:compared]).max())
-    result.update(passed=first_diff is None, tokens_compared=compared, max_abs_logit_diff=diff)
+    gated = result["target"] != "qpc"  # the device's fp16 numerics: tokens only
+    logits_ok = not gated or diff <= params.atol
+    result.update(passed=first_diff is None and logits_ok, tokens_compared=compared, max_abs_logit_diff=diff,
+                  atol=params.atol if gated else None)
     details = {"tokens": tokens, "reference_tokens": ref_tokens, "first_difference": first_diff,
                "metrics": gen.metrics}
     _write(out, result, details)
@@ -70,6 +77,9 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
         i = first_diff
         raise StageFailure(f"validate: token {i} differs: package {tokens[i]} vs reference {ref_tokens[i]} "
                            f"(max abs logit diff {diff:.3g} over {compared} steps)", result=result)
+    if not logits_ok:
+        raise StageFailure(f"validate: max abs logit diff {diff:.3g} over {compared} steps exceeds validate.atol "
+                           f"{params.atol:g} (the tokens are equal)", result=result)
     return result
 
 
@@ -83,6 +93,8 @@ def _write(out: Path, result: dict[str, Any], details: dict[str, Any]) -> None:
 def check(params: ValidateParams, facts: Any = None) -> None:
     if not params.prompt:
         raise UserError(f"validate.prompt: {params.prompt!r} is not allowed; allowed: a non-empty string")
+    if isinstance(params.atol, bool) or not isinstance(params.atol, (int, float)) or not 0 < params.atol < float("inf"):
+        raise UserError(f"validate.atol: {params.atol!r} is not allowed; allowed: a number > 0 (max |logit diff|)")
     if not isinstance(params.max_new_tokens, int) or not 1 <= params.max_new_tokens < params.ctx_len:
         raise UserError(f"validate.max_new_tokens: {params.max_new_tokens!r} is not allowed; "
                         f"allowed: 1..{params.ctx_len - 1} (below compile.ctx_len)")

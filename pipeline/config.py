@@ -64,6 +64,7 @@ class CompileConfig:
 class ValidateConfig:
     prompt: str = "The capital of France is"
     max_new_tokens: int = 32
+    atol: float = 1e-3   # max |logit diff| allowed where the package runs in fp32 (ONNX Runtime); tokens must be equal everywhere
 
 
 @dataclass

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 import yaml
 
@@ -50,10 +51,14 @@ def test_ai100_16c_compile_tree(store):
     assert r.rc == 0 and st["compile"] == "ran", r.out + r.err
     assert list(st) == ["load", "transform", "export", "rewrite", "compile"]
     # The CPU program attends with GroupQueryAttention; the AI 100 graph is the scatter one, which a
-    # CPU build with hw.attention=scatter shares.
+    # CPU build with hw.attention=scatter shares, and the AI 100 presets' rewrites (CustomRMSNorm) too.
     assert st["load"] == "cached" and st["export"] == "ran", st
     cpu = run_pipeline(store, "hw.attention=scatter", *UP_TO_COMPILE)
+    assert cpu.status()["export"] == "cached" and cpu.status()["rewrite"] == "ran", cpu.status()
+    cpu = run_pipeline(store, "hw.attention=scatter", "rewrite.rules=[optimize,rms_norm]", *UP_TO_COMPILE)
     assert cpu.status()["export"] == cpu.status()["rewrite"] == "cached", cpu.status()
+    rewritten = onnx.load(str(tree(store, r) / "model.onnx"), load_external_data=False)
+    assert {f.name for f in rewritten.functions} >= {"CustomRMSNorm"}
     t = tree(store, r)
     files = {p.relative_to(t).as_posix() for p in t.rglob("*") if p.is_file()}
     assert files == {"model.onnx", "model.onnx.data", "io.json", "specializations.json", "custom_io.yaml",

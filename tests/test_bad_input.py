@@ -26,6 +26,7 @@ BAD = [
     (["hw.target=gpu"], "hw.target: 'gpu' is not allowed; allowed: ai100 | cpu"),
     (["export.opset=9"], "export.opset: 9 is not allowed; allowed: 14..21"),
     (["validate.max_new_tokens=256"], "validate.max_new_tokens: 256 is not allowed; allowed: 1..255"),
+    (["validate.atol=0"], "validate.atol: 0.0 is not allowed; allowed: a number > 0"),
     (["model.source=nope"], "model.source: 'nope' is not allowed; allowed: hub | local | gguf | random"),
     (["hw.attention=flash"], "hw.attention: 'flash' is not allowed; allowed: scatter | gqa"),
     (["hw.mxfp6_matmul=true"], "allowed keys of hw: target, compile_pass, num_cores, attention"),

@@ -123,3 +123,12 @@ def test_a_failing_stage_exits_1_and_the_summary_says_which(store):
     assert (r.run_dir / "validate.error.txt").is_file()
     again = run_pipeline(store, "compile.ctx_len=16", "compile.prefill_seq_len=8", "validate.max_new_tokens=12")
     assert again.rc == 1 and again.status()["validate"] == "failed" and again.status()["compile"] == "cached"
+
+
+def test_logits_beyond_validate_atol_fail_validation_with_equal_tokens(store):
+    # fp32 ONNX Runtime agrees with PyTorch to ~1e-7 here: a bound below that must fail, tokens equal
+    r = run_pipeline(store, "validate.atol=1e-12")
+    assert r.rc == 1, r.out + r.err
+    v = r.stage("validate")
+    assert v["status"] == "failed" and "exceeds validate.atol 1e-12 (the tokens are equal)" in v["error"]
+    assert r.status()["package"] == "cached"

@@ -66,11 +66,13 @@ def keep_layers(model: Any, num_layers: int) -> None:
 
     from pipeline.pass_api import UserError
 
-    decoder, config = model.get_decoder(), model.config.get_text_config()
-    have = len(decoder.layers)
+    from passes.lib.hf_decoder import decoder_of, layers_of, set_layers
+
+    decoder, config = decoder_of(model), model.config.get_text_config()
+    have = len(layers_of(decoder))
     if num_layers > have:
         raise UserError(f"model.num_layers: {num_layers} is not allowed; allowed: 1..{have} (the model's layers)")
-    decoder.layers = torch.nn.ModuleList(list(decoder.layers)[:num_layers])
+    set_layers(decoder, torch.nn.ModuleList(list(layers_of(decoder))[:num_layers]))
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None):
         config.layer_types = list(config.layer_types)[:num_layers]

@@ -33,10 +33,12 @@ _context = threading.local()
 @torch.library.custom_op("ai100pipeline::gqa", mutates_args=())
 def gqa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
         past_value: torch.Tensor, seqlens_k: torch.Tensor, total_sequence_length: torch.Tensor,
-        query_seqlens: torch.Tensor, num_heads: int, kv_num_heads: int, scale: float
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        query_seqlens: torch.Tensor, num_heads: int, kv_num_heads: int, scale: float, local_window: int = -1,
+        softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """query [B, S, Hq*D], key/value [B, S, Hkv*D] (rotated already), past [B, Hkv, C, D] ->
-    (output [B, S, Hq*D], present_key, present_value [B, Hkv, C, D])."""
+    (output [B, S, Hq*D], present_key, present_value [B, Hkv, C, D]). ``local_window`` > 0: a
+    token at row t sees the local_window rows up to t only (GroupQueryAttention's local_window_size);
+    ``softcap`` > 0: scores become softcap * tanh(scores / softcap) (as Gemma 2's)."""
     batch, seq, _ = query.shape
     head_dim = past_key.shape[-1]
     group = num_heads // kv_num_heads
@@ -51,16 +53,20 @@ def gqa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: t
         present_key[b, :, start:start + n] = k[b, :, :n]
         present_value[b, :, start:start + n] = v[b, :, :n]
         for s in range(n):
-            keys = present_key[b, :, :start + s + 1].repeat_interleave(group, dim=0)      # [Hq, T, D]
-            values = present_value[b, :, :start + s + 1].repeat_interleave(group, dim=0)
-            weights = torch.softmax((keys @ q[b, s].unsqueeze(-1)).squeeze(-1) * scale, dim=-1)  # [Hq, T]
+            first = max(0, start + s + 1 - local_window) if local_window > 0 else 0
+            keys = present_key[b, :, first:start + s + 1].repeat_interleave(group, dim=0)      # [Hq, T, D]
+            values = present_value[b, :, first:start + s + 1].repeat_interleave(group, dim=0)
+            scores = (keys @ q[b, s].unsqueeze(-1)).squeeze(-1) * scale
+            if softcap > 0:
+                scores = softcap * torch.tanh(scores / softcap)
+            weights = torch.softmax(scores, dim=-1)  # [Hq, T]
             out[b, s] = (weights.unsqueeze(1) @ values).squeeze(1)
     return out.view(batch, seq, num_heads * head_dim), present_key, present_value
 
 
 @gqa.register_fake
 def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, query_seqlens, num_heads,
-      kv_num_heads, scale):
+      kv_num_heads, scale, local_window=-1, softcap=0.0):
     return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
 
 
@@ -68,7 +74,8 @@ def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
 def gqa_rope(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
              past_value: torch.Tensor, seqlens_k: torch.Tensor, total_sequence_length: torch.Tensor,
              cos_cache: torch.Tensor, sin_cache: torch.Tensor, query_seqlens: torch.Tensor, num_heads: int,
-             kv_num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             kv_num_heads: int, scale: float, local_window: int = -1, softcap: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``gqa`` with q and k rotated first (half-rotation layout) at each token's cache row,
     from cos/sin caches [positions, head_dim / 2]."""
     batch, seq, _ = query.shape
@@ -83,45 +90,47 @@ def gqa_rope(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_k
         return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).reshape(batch, seq, heads * head_dim)
 
     return gqa(rotate(query, num_heads), rotate(key, kv_num_heads), value, past_key, past_value, seqlens_k,
-               total_sequence_length, query_seqlens, num_heads, kv_num_heads, scale)
+               total_sequence_length, query_seqlens, num_heads, kv_num_heads, scale, local_window, softcap)
 
 
 @gqa_rope.register_fake
 def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache, query_seqlens,
-      num_heads, kv_num_heads, scale):
+      num_heads, kv_num_heads, scale, local_window=-1, softcap=0.0):
     return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
 
 
-def _node(g: Any, inputs: list, rotary: bool, num_heads, kv_num_heads, scale) -> Any:
+def _node(g: Any, inputs: list, rotary: bool, num_heads, kv_num_heads, scale, local_window, softcap) -> Any:
     from torch.onnx import symbolic_helper as sh
 
     outputs = g.op(f"{DOMAIN}::GroupQueryAttention", *inputs, num_heads_i=sh._get_const(num_heads, "i", "num_heads"),
                    kv_num_heads_i=sh._get_const(kv_num_heads, "i", "kv_num_heads"),
-                   scale_f=sh._get_const(scale, "f", "scale"), do_rotary_i=int(rotary), rotary_interleaved_i=0, outputs=3)
+                   scale_f=sh._get_const(scale, "f", "scale"), do_rotary_i=int(rotary), rotary_interleaved_i=0,
+                   local_window_size_i=sh._get_const(local_window, "i", "local_window"),
+                   softcap_f=sh._get_const(softcap, "f", "softcap"), outputs=3)
     for out, like in zip(outputs, (inputs[0], inputs[3], inputs[4])):  # output like query, presents like pasts
         out.setType(like.type())
     return outputs
 
 
 def _symbolic(g: Any, query, key, value, past_key, past_value, seqlens_k, total_sequence_length, query_seqlens,
-              num_heads, kv_num_heads, scale):
+              num_heads, kv_num_heads, scale, local_window, softcap):
     """TorchScript exporter: the op as one GroupQueryAttention node (inputs 7..15 left empty)."""
     from torch.onnx import symbolic_helper as sh
 
     none = sh._optional_input_placeholder_tensor
     inputs = [query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
               *(none(g) for _ in range(7, 16)), query_seqlens]
-    return _node(g, inputs, False, num_heads, kv_num_heads, scale)
+    return _node(g, inputs, False, num_heads, kv_num_heads, scale, local_window, softcap)
 
 
 def _symbolic_rope(g: Any, query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
-                   sin_cache, query_seqlens, num_heads, kv_num_heads, scale):
+                   sin_cache, query_seqlens, num_heads, kv_num_heads, scale, local_window, softcap):
     from torch.onnx import symbolic_helper as sh
 
     none = sh._optional_input_placeholder_tensor
     inputs = [query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
               *(none(g) for _ in range(9, 16)), query_seqlens]
-    return _node(g, inputs, True, num_heads, kv_num_heads, scale)
+    return _node(g, inputs, True, num_heads, kv_num_heads, scale, local_window, softcap)
 
 
 def register_exporters() -> dict[Any, Any]:
@@ -140,20 +149,21 @@ def _onnxscript_functions() -> tuple[Any, Any]:
 
     @onnxscript.script(default_opset=op)
     def gqa_node(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, query_seqlens,
-                 num_heads: int, kv_num_heads: int, scale: float):
+                 num_heads: int, kv_num_heads: int, scale: float, local_window: int, softcap: float):
         out, present_key, present_value = msft.GroupQueryAttention(
             query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
             None, None, None, None, None, None, None, None, None, query_seqlens,
-            num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale)
+            num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, local_window_size=local_window, softcap=softcap)
         return out, present_key, present_value
 
     @onnxscript.script(default_opset=op)
     def gqa_rope_node(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
-                      query_seqlens, num_heads: int, kv_num_heads: int, scale: float):
+                      query_seqlens, num_heads: int, kv_num_heads: int, scale: float, local_window: int, softcap: float):
         out, present_key, present_value = msft.GroupQueryAttention(
             query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
             None, None, None, None, None, None, None, query_seqlens,
-            num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, do_rotary=1, rotary_interleaved=0)
+            num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, do_rotary=1, rotary_interleaved=0,
+            local_window_size=local_window, softcap=softcap)
         return out, present_key, present_value
 
     return gqa_node, gqa_rope_node
@@ -203,7 +213,9 @@ def rope_tables(model: Any, attention_module: str, head_dim: int, positions: int
     """(cos_cache, sin_cache) [positions, head_dim / 2] from the model's own rotary embedding, or
     None where GroupQueryAttention cannot rotate as the model does (no static half-rotation RoPE
     over the whole head, or no ``apply_rotary_pos_emb`` to skip)."""
-    decoder = model.get_decoder()
+    from passes.lib.hf_decoder import decoder_of
+
+    decoder = decoder_of(model)
     rotary = getattr(decoder, "rotary_emb", None)
     config = model.config.get_text_config()
     rope_type = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}).get("rope_type", "default")
@@ -211,7 +223,10 @@ def rope_tables(model: Any, attention_module: str, head_dim: int, positions: int
         return None
     with torch.no_grad():
         probe = torch.zeros(1, 1, head_dim)
-        cos, sin = rotary(probe, torch.arange(positions)[None, :])
+        try:
+            cos, sin = rotary(probe, torch.arange(positions)[None, :])
+        except TypeError:  # a rotary per layer type (Gemma 3's local and global): the model rotates
+            return None
     cos, sin = cos[0].float(), sin[0].float()
     half = head_dim // 2
     if cos.shape[-1] != head_dim or not torch.equal(cos[:, :half], cos[:, half:]) or not torch.equal(sin[:, :half], sin[:, half:]):
@@ -221,10 +236,13 @@ def rope_tables(model: Any, attention_module: str, head_dim: int, positions: int
 
 def gqa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
                   scaling: float | None = None, dropout: float = 0.0, sliding_window: int | None = None,
-                  **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' attention interface: query [B, Hq, S, D], key/value [B, Hkv, S, D] (the new rows)."""
-    if sliding_window is not None:
-        raise NotImplementedError("hw.attention=gqa does not handle sliding-window attention yet; use hw.attention=scatter")
+                  softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface: query [B, Hq, S, D], key/value [B, Hkv, S, D] (the new rows).
+    A sliding window of W (a token sees itself and the W - 1 before it, in transformers' masks and
+    in GroupQueryAttention's local_window_size alike); ``softcap`` caps the scores (Gemma 2)."""
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError(f"hw.attention=gqa: {type(module).__name__} has attention sinks, which this "
+                                  "GroupQueryAttention program does not take yet; allowed: hw.attention=scatter")
     step: Step = _context.step
     layer = module.layer_idx
     batch, num_heads, seq, head_dim = query.shape
@@ -232,11 +250,10 @@ def gqa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: to
     flat = [t.transpose(1, 2).reshape(batch, seq, -1) for t in (query, key, value)]
     past = (step.past[2 * layer], step.past[2 * layer + 1], step.seqlens_k, step.total)
     scale = float(scaling if scaling is not None else head_dim ** -0.5)
+    options = (num_heads, kv_heads, scale, int(sliding_window) if sliding_window else -1, float(softcap or 0.0))
     if step.rope is not None:
-        out, present_key, present_value = torch.ops.ai100pipeline.gqa_rope(
-            *flat, *past, *step.rope, step.query_seqlens, num_heads, kv_heads, scale)
+        out, present_key, present_value = torch.ops.ai100pipeline.gqa_rope(*flat, *past, *step.rope, step.query_seqlens, *options)
     else:
-        out, present_key, present_value = torch.ops.ai100pipeline.gqa(
-            *flat, *past, step.query_seqlens, num_heads, kv_heads, scale)
+        out, present_key, present_value = torch.ops.ai100pipeline.gqa(*flat, *past, step.query_seqlens, *options)
     step.present[2 * layer], step.present[2 * layer + 1] = present_key, present_value
     return out.view(batch, seq, num_heads, head_dim), None

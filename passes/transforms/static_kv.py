@@ -115,7 +115,8 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     import torch
     from transformers.cache_utils import Cache, CacheLayerMixin
 
-    from passes.transforms import gqa
+    from passes.lib.hf_decoder import decoder_of, layers_of, modeling_module
+    from passes.transforms import gqa, moe
 
     class ScatterLayer(CacheLayerMixin):
         """One layer's cache: the given past tensors, updated by scatter at the positions."""
@@ -164,23 +165,25 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
         ``has_num_logits_to_keep``, in that order after the past tensors; proposals with ``projections``."""
 
         def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool, attention: str,
-                     projections: Any = None):
+                     layout: tuple[int, int], projections: Any = None):
             super().__init__()
             self.projections = projections
             self.projection_heads = len(projections) if projections is not None else 0
             self.attention = attention
             self.gqa_rotary = False  # GroupQueryAttention rotates q and k (cos_cache, sin_cache buffers)
-            self.attention_module = type(model.get_decoder().layers[0].self_attn).__module__
+            self.attention_module = modeling_module(model)
             cfg = model.config.get_text_config()
             self.model = model
-            self.decoder = model.get_decoder()
-            self.lm_head = model.get_output_embeddings()
-            self.num_layers = cfg.num_hidden_layers
-            self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            self.decoder = decoder_of(model)
+            self.num_layers = len(layers_of(self.decoder))
+            self.num_kv_heads, self.head_dim = layout
             self.vocab_size = cfg.vocab_size
-            layer_types = getattr(cfg, "layer_types", None) or ()
-            self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
+            self.layer_types = tuple(getattr(cfg, "layer_types", None) or ())
+            self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+            self.chunk = getattr(cfg, "attention_chunk_size", None) if "chunked_attention" in self.layer_types else None
+            self.keep_index = None  # the hidden positions whose logits the step returns (set per forward)
+            self.kept = None
+            self.decoder.register_forward_hook(self._keep_positions)
             self.has_batch_index = has_batch_index
             self.has_num_logits_to_keep = has_num_logits_to_keep
 
@@ -204,51 +207,71 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
             if self.attention == "gqa":
                 rope = (self.cos_cache, self.sin_cache) if self.gqa_rotary else None
                 step = gqa.Step(list(past), position_ids, rope)
+            last = position_ids.argmax(dim=1)  # positions increase, so the max is the last valid one
+            if num_logits_to_keep is None:
+                keep = last[:, None]
+            else:  # the n positions ending at the last valid one (clamped at the chunk's start)
+                n = num_logits_to_keep.shape[0]
+                keep = (last[:, None] - n + 1 + torch.arange(n, device=last.device)[None, :]).clamp(min=0)
+            self.keep_index = keep
+            # The model's own head (lm_head, then any soft-cap or logit scale its forward applies) runs
+            # on the kept positions only: the decoder's hook below hands it those.
             with gqa.stepping(step, self.attention_module) if step else contextlib.nullcontext():
-                out = self.decoder(
+                logits = self.model(
                     input_ids=input_ids,
                     attention_mask=self._mask(position_ids, ctx_len),
                     position_ids=torch.where(valid, position_ids, 0),
                     past_key_values=cache,
                     use_cache=True,
-                )
-            last = position_ids.argmax(dim=1)  # positions increase, so the max is the last valid one
-            hidden = out.last_hidden_state
-            if num_logits_to_keep is None:
-                gather_index = last[:, None, None].expand(-1, 1, hidden.shape[-1])
-            else:  # the n positions ending at the last valid one (clamped at the chunk's start)
-                n = num_logits_to_keep.shape[0]
-                keep = last[:, None] - n + 1 + torch.arange(n, device=last.device)[None, :]
-                gather_index = keep.clamp(min=0)[:, :, None].expand(-1, -1, hidden.shape[-1])
-            kept = hidden.gather(1, gather_index)
-            logits = self.lm_head(kept)
+                ).logits
+            kept, self.keep_index, self.kept = self.kept, None, None
             updated = step.present if step else [t for layer in cache.layers for t in (layer.keys, layer.values)]
             if batch_index is not None:
                 updated = [full.index_put((rows,), rows_kv) for full, rows_kv in zip(full_past, updated)]
             if self.projections is None:
                 return (logits, *updated)
             projected = torch.stack([head(kept) for head in self.projections], dim=2)  # [b, n, heads, hidden]
-            return (logits, *updated, self.lm_head(projected).argmax(dim=-1))
+            return (logits, *updated, self.model.get_output_embeddings()(projected).argmax(dim=-1))
+
+        def _keep_positions(self, module: Any, args: Any, output: Any) -> Any:
+            """The decoder's forward hook: its last hidden state cut to the kept positions."""
+            if self.keep_index is None:
+                return output
+            hidden = output.last_hidden_state
+            self.kept = hidden.gather(1, self.keep_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            output.last_hidden_state = self.kept
+            return output
 
         def _mask(self, position_ids: torch.Tensor, ctx_len: Any) -> Any:
-            """Additive 4D masks [b, 1, s, ctx]: slot k is visible to position p iff k <= p."""
+            """Additive 4D masks [b, 1, s, ctx]: slot k is visible to position p iff k <= p (and within
+            the sliding window, or the same chunk, for such layers); one per layer type the model has."""
             slots = torch.arange(ctx_len, device=position_ids.device)[None, None, None, :]
             pos = position_ids[:, None, :, None]
             visible = slots <= pos
             # Finite, not -inf: a padding row (p = -1) sees nothing and must not give NaN.
             neg = torch.finfo(torch.float32).min
-            full = torch.where(visible, 0.0, neg)
-            if self.sliding_window is None:
-                return full
-            window = visible & (pos - slots < self.sliding_window)
-            return {"full_attention": full, "sliding_attention": torch.where(window, 0.0, neg)}
+            window = visible & (pos - slots < self.sliding_window) if self.sliding_window else visible
+            if not self.layer_types:  # one mask for every layer: a sliding window applies to all of them
+                return torch.where(window, 0.0, neg)
+            masks = {"full_attention": torch.where(visible, 0.0, neg), "sliding_attention": torch.where(window, 0.0, neg)}
+            if self.chunk:
+                masks["chunked_attention"] = torch.where(visible & (slots // self.chunk == pos // self.chunk), 0.0, neg)
+            return masks
 
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.to(torch.float32)
     model.eval()
+    layout = kv_layout(model, len(layers_of(decoder_of(model))))  # with the model's own attention
+    moe.use_dense_experts(model)  # static shapes (a no-op without experts)
     if attention == "gqa":
         from transformers import AttentionInterface
 
+        if any(getattr(m, "sinks", None) is not None for m in model.modules()):
+            raise NotImplementedError(f"hw.attention=gqa: {type(model).__name__} has attention sinks, which this "
+                                      "GroupQueryAttention program does not take yet; allowed: hw.attention=scatter")
+        if not getattr(model, "_supports_attention_backend", False):
+            raise NotImplementedError(f"hw.attention=gqa: {type(model).__name__} does not take transformers' attention "
+                                      "interface, through which GroupQueryAttention is put in; allowed: hw.attention=scatter")
         AttentionInterface.register(GQA_ATTENTION, gqa.gqa_attention)
         model.set_attn_implementation(GQA_ATTENTION)
         continuous_batching = False  # KV rows are chosen by the runtime
@@ -256,10 +279,27 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
         model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
     if projections is not None and not speculative:
         raise ValueError("static_kv: speculator heads need a speculative target (compile.num_speculative_tokens)")
-    wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention, projections).eval()
+    wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention, layout, projections).eval()
     if attention == "gqa":
         _rotate_in_attention(wrapper)
     return wrapper
+
+
+def kv_layout(model: Any, num_layers: int) -> tuple[int, int]:
+    """(KV heads, head dim) as the model's own cache holds them after one token: whatever the
+    family's config calls them (multi-query, grouped, per-family names). One layout for K and V
+    in every layer, or NotImplementedError."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+    shapes = {(t.shape[1], t.shape[-1]) for layer in cache.layers[:num_layers] for t in (layer.keys, layer.values)}
+    if len(shapes) != 1:
+        raise NotImplementedError(f"static_kv: {type(model).__name__} caches keys and values of several layouts "
+                                  f"(heads, head dim) {sorted(shapes)}: not supported yet")
+    return shapes.pop()
 
 
 def _rotate_in_attention(wrapper: Any) -> None:

@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python bench/speculative.py
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/remote.py
+	$(BIN)/python bench/model_coverage.py
 
 clean-venv:
 	rm -rf $(VENV)

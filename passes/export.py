@@ -123,11 +123,11 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     extra = variants(model, params)
     names_in, names_out = io_names(model.num_layers, **extra)
     axes = dynamic_axes(model.num_layers, **extra)
-    custom: dict[str, Any] = {}
     if model.attention == "gqa":  # ONNX Runtime's GroupQueryAttention (com.microsoft)
-        from passes.transforms import gqa
-
-        custom = {"table": gqa.register_exporters(), "opsets": {gqa.DOMAIN: 1}}
+        from passes.transforms import gqa as ops
+    else:  # the AI 100 KV ops (com.qualcomm.cloud), as model-local functions
+        from passes.transforms import ctx_ops as ops
+    custom = {"table": ops.register_exporters(params.opset), "opsets": {ops.DOMAIN: 1}}
     with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:

@@ -103,6 +103,21 @@ def test_plain_export_inputs_unchanged(exported):
     assert "full_batch_size" not in json.dumps(io) and "num_logits_to_keep" not in json.dumps(io)
 
 
+@pytest.mark.parametrize("variant, ops", [({}, {"CtxScatter", "CtxGather"}),
+                                          ({"full_batch_size": FULL_BATCH}, {"CtxScatterCB", "CtxGatherCB"})])
+def test_the_kv_cache_goes_through_the_compilers_custom_ops(exported, variant, ops):
+    """KV writes and reads of the AI 100 graph: com.qualcomm.cloud ops, defined as model-local functions
+    (ONNX Runtime runs their bodies); no ScatterElements write-back, no whole-row KV copies."""
+    import onnx
+
+    _, _, out = exported(**variant)
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert {(f.domain, f.name) for f in model.functions} == {("com.qualcomm.cloud", name) for name in ops}
+    calls = [n.op_type for n in model.graph.node if n.domain == "com.qualcomm.cloud"]
+    assert sorted(set(calls)) == sorted(ops) and len(calls) == 2 * 2 * HF_CONFIG["num_hidden_layers"]
+    assert not {"ScatterElements", "ScatterND", "GatherND"} & {n.op_type for n in model.graph.node}
+
+
 def test_continuous_batching_rows(hf_model, exported):
     session, io, _ = exported(full_batch_size=FULL_BATCH)
     shapes = {v["name"]: v["shape"] for v in io["inputs"] + io["outputs"]}

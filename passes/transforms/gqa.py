@@ -133,7 +133,7 @@ def _symbolic_rope(g: Any, query, key, value, past_key, past_value, seqlens_k, t
     return _node(g, inputs, True, num_heads, kv_num_heads, scale, local_window, softcap)
 
 
-def register_exporters() -> dict[Any, Any]:
+def register_exporters(opset: int = 18) -> dict[Any, Any]:
     """Register the TorchScript symbolics; return the dynamo exporter's translation table entries."""
     torch.onnx.register_custom_op_symbolic("ai100pipeline::gqa", _symbolic, 1)
     torch.onnx.register_custom_op_symbolic("ai100pipeline::gqa_rope", _symbolic_rope, 1)

@@ -116,33 +116,36 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     from transformers.cache_utils import Cache, CacheLayerMixin
 
     from passes.lib.hf_decoder import decoder_of, layers_of, modeling_module
-    from passes.transforms import gqa, moe
+    from passes.transforms import ctx_ops, gqa, moe
 
     class ScatterLayer(CacheLayerMixin):
-        """One layer's cache: the given past tensors, updated by scatter at the positions."""
+        """One layer's cache in the AI 100 convention: the new rows written into the past with CtxScatter
+        (CtxScatterCB into the batch's KV rows), attention reading it through CtxGather (CtxGatherCB)."""
 
         is_compileable = True
         is_sliding = False
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, read: torch.Tensor,
+                     batch_index: torch.Tensor | None = None):
             super().__init__()
             self.keys, self.values, self.is_initialized = keys, values, True
-            self.index, self.valid = index, valid
+            self.positions, self.read, self.batch_index = positions, read, batch_index
 
         def lazy_initialization(self, key_states, value_states) -> None:
             pass
 
-        def _write(self, past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            b, h, s, d = new.shape
-            index = self.index[:, None, :, None].expand(b, h, s, d)
-            # Padding tokens write the slot's current value back, so they change nothing.
-            new = torch.where(self.valid[:, None, :, None], new, past.gather(2, index))
-            return past.scatter(2, index, new)
+        def _write(self, past: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            ops = torch.ops.ai100pipeline
+            if self.batch_index is None:
+                written = ops.ctx_scatter(past, self.positions, new)
+                return written, ops.ctx_gather(written, self.read)
+            written = ops.ctx_scatter_cb(past, self.batch_index, self.positions, new)
+            return written, ops.ctx_gather_cb(written, self.batch_index, self.read)
 
         def update(self, key_states, value_states, *args, **kwargs):
-            self.keys = self._write(self.keys, key_states)
-            self.values = self._write(self.values, value_states)
-            return self.keys, self.values
+            self.keys, keys = self._write(self.keys, key_states)
+            self.values, values = self._write(self.values, value_states)
+            return keys, values
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             return self.keys.shape[-2], 0
@@ -155,6 +158,9 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
 
     class NewRowsLayer(ScatterLayer):
         """GQA writes the cache itself: the layer hands the attention the new rows only."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+            super().__init__(keys, values, None, None)
 
         def update(self, key_states, value_states, *args, **kwargs):
             return key_states, value_states
@@ -192,17 +198,14 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
             past, extra = past[:2 * self.num_layers], list(past[2 * self.num_layers:])
             batch_index = extra.pop(0) if self.has_batch_index else None
             num_logits_to_keep = extra.pop(0) if self.has_num_logits_to_keep else None
-            full_past = past
-            if batch_index is not None:  # run on this batch's KV rows, scattered back below
-                rows = batch_index[:, 0]
-                past = [p[rows] for p in full_past]
             ctx_len = past[0].shape[2]
             valid = position_ids >= 0
-            # Padding scatters to the last slot (old value written back); a valid write there
-            # in a padded chunk would race with it, so the runtime keeps prompt + new <= ctx_len.
-            index = torch.where(valid, position_ids, ctx_len - 1)
-            layer = NewRowsLayer if self.attention == "gqa" else ScatterLayer
-            cache = Cache(layers=[layer(past[2 * i], past[2 * i + 1], index, valid) for i in range(self.num_layers)])
+            if self.attention == "gqa":
+                cache = Cache(layers=[NewRowsLayer(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)])
+            else:  # padding (-1) writes the last slot, which the runtime keeps clear of real tokens in a padded step
+                read = ctx_ops.read_indices(position_ids, ctx_len)
+                cache = Cache(layers=[ScatterLayer(past[2 * i], past[2 * i + 1], position_ids, read, batch_index)
+                                      for i in range(self.num_layers)])
             step = None
             if self.attention == "gqa":
                 rope = (self.cos_cache, self.sin_cache) if self.gqa_rotary else None
@@ -226,8 +229,6 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
                 ).logits
             kept, self.keep_index, self.kept = self.kept, None, None
             updated = step.present if step else [t for layer in cache.layers for t in (layer.keys, layer.values)]
-            if batch_index is not None:
-                updated = [full.index_put((rows,), rows_kv) for full, rows_kv in zip(full_past, updated)]
             if self.projections is None:
                 return (logits, *updated)
             projected = torch.stack([head(kept) for head in self.projections], dim=2)  # [b, n, heads, hidden]

@@ -5,7 +5,9 @@ its summary. Whatever the launcher (basic, joblib, submitit), ``on_run_end`` and
 ``on_multirun_end`` run in the process that launched the jobs: ``ExitStatus`` reads the
 summaries there and keeps the worst code (2 bad input > 1 a stage failed > 0), which
 ``python -m pipeline`` exits with. A job that left no summary counts as failed. ``SweepReport``
-writes the sweep's report (pipeline.report) once the last job is done.
+writes the sweep's report (pipeline.report) once the last job is done. ``Redact`` keeps
+credentials given on the command line (``*_options`` values, ``user:password@`` in URLs) out
+of the files Hydra saves (``.hydra/``, ``multirun.yaml``).
 """
 from __future__ import annotations
 
@@ -57,3 +59,58 @@ class SweepReport(Callback):
             _status["code"] = max(_status["code"], 1)
             return
         print(f"sweep report: {', '.join(str(p) for p in paths)}", flush=True)
+
+
+class Redact(Callback):
+    """Secrets of the composed config replaced by ``<redacted>`` in the files Hydra saved for the job
+    (and, after the sweep, in its multirun.yaml): the string values under any ``*_options`` key, and
+    the user:password of ``store.remote`` and ``to`` URLs."""
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        output = config.hydra.get("output_subdir")
+        if output:
+            redact_files(Path(config.hydra.runtime.output_dir) / output, secrets_of(config))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        redact_files(Path(config.hydra.sweep.dir), secrets_of(config), names=("multirun.yaml",))
+
+
+def secrets_of(config: Any) -> set[str]:
+    from omegaconf import OmegaConf
+    from urllib.parse import urlsplit
+
+    found: set[str] = set()
+
+    def walk(node: Any, under_options: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, under_options or str(key).endswith("_options"))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, under_options)
+        elif under_options and isinstance(node, str) and len(node) >= 6:
+            found.add(node)
+
+    plain = OmegaConf.to_container(config, resolve=False)
+    plain.pop("hydra", None)
+    walk(plain, False)
+    for url in ((plain.get("store") or {}).get("remote"), plain.get("to")):
+        if isinstance(url, str) and "@" in urlsplit(url).netloc:
+            found.add(urlsplit(url).netloc.rsplit("@", 1)[0])
+    return found
+
+
+def redact_files(folder: Path, secrets: set[str], names: tuple[str, ...] = ("config.yaml", "hydra.yaml", "overrides.yaml")) -> None:
+    if not secrets:
+        return
+    for name in names:
+        path = folder / name
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        redacted = text
+        for secret in sorted(secrets, key=len, reverse=True):
+            redacted = redacted.replace(secret, "<redacted>")
+        if redacted != text:
+            path.write_text(redacted)

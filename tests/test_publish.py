@@ -208,3 +208,22 @@ def test_publish_to_s3_is_idempotent_and_keeps_credentials_out(tmp_path, publish
             if path.is_file():
                 assert S3_SECRET.encode() not in path.read_bytes(), path
     assert S3_SECRET not in first.out + first.err + second.out + second.err + p.stdout + p.stderr
+
+
+def test_credentials_given_as_options_are_written_nowhere(tmp_path, published, s3):
+    """Key and secret on the command line (to_options), none in the environment: the publish works,
+    and neither the run's files (Hydra's saved config included) nor the bucket nor the output hold the secret."""
+    env, fs = s3
+    store, _, name, _ = published
+    options = (f"to_options={{key: {env['AWS_ACCESS_KEY_ID']}, secret: {S3_SECRET}, "
+               f"client_kwargs: {{endpoint_url: '{env['AWS_ENDPOINT_URL']}'}}}}")
+    r = publish(store, "to=s3://packages/options", options, "name=with-options")
+    assert r.rc == 0, r.err
+    assert (r.run_dir / ".hydra" / "overrides.yaml").is_file()
+    for path in r.run_dir.rglob("*"):
+        if path.is_file():
+            assert S3_SECRET.encode() not in path.read_bytes(), path
+    fs.invalidate_cache()
+    assert "packages/options/packages/with-options.json" in fs.find("packages/options")
+    assert S3_SECRET not in fs.cat_file("packages/options/packages/with-options.json").decode()
+    assert S3_SECRET not in r.out + r.err

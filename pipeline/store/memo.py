@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sqlite3
+import time
 from pathlib import Path
 
 from pipeline.store.digests import hash_file, tree_digest, tree_files
@@ -82,8 +84,13 @@ def default_memo_path(root: Path, fstype: str | None = None) -> Path:
 class DigestMemo:
     """File digests remembered by (device, inode, size, mtime_ns) in SQLite; safe across processes.
 
-    With ``db_path=None`` nothing is remembered (used before the store may be written to).
+    A cache, never a reason to fail: a database another process holds locked past the retries
+    (SQLite's busy timeout does not cover switching to WAL or creating the table) or one that
+    cannot be opened is skipped, and the file hashed. With ``db_path=None`` nothing is remembered
+    (used before the store may be written to).
     """
+
+    RETRIES = 8
 
     def __init__(self, db_path: Path | None):
         self.db_path = db_path
@@ -94,13 +101,32 @@ class DigestMemo:
             return None
         if self._db is None:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")  # a local disk, by construction
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS memo (dev INTEGER, inode INTEGER, size INTEGER,"
-                " mtime INTEGER, digest TEXT, PRIMARY KEY (dev, inode))"
-            )
+            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            try:
+                self._retry(lambda: self._setup(db))
+            except sqlite3.Error:
+                db.close()
+                self.db_path = None  # this process hashes without the memo
+                return None
+            self._db = db
         return self._db
+
+    @staticmethod
+    def _setup(db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # persistent: set once per database
+            db.execute("PRAGMA journal_mode=WAL")  # a local disk, by construction
+        db.execute("CREATE TABLE IF NOT EXISTS memo (dev INTEGER, inode INTEGER, size INTEGER,"
+                   " mtime INTEGER, digest TEXT, PRIMARY KEY (dev, inode))")
+
+    def _retry(self, call):
+        for attempt in range(self.RETRIES):
+            try:
+                return call()
+            except sqlite3.OperationalError:
+                if attempt == self.RETRIES - 1:
+                    raise
+                time.sleep(0.02 * 2 ** attempt + random.random() * 0.02)
+        return None
 
     def file(self, path: Path) -> str:
         """The content digest of a file: remembered when its stat is unchanged, else hashed (and remembered)."""
@@ -108,12 +134,20 @@ class DigestMemo:
         ident = (st.st_dev, st.st_ino)
         db = self._conn()
         if db is not None:
-            row = db.execute("SELECT size, mtime, digest FROM memo WHERE dev=? AND inode=?", ident).fetchone()
+            try:
+                row = self._retry(lambda: db.execute("SELECT size, mtime, digest FROM memo WHERE dev=? AND inode=?",
+                                                     ident).fetchone())
+            except sqlite3.OperationalError:
+                row = None
             if row and (row[0], row[1]) == (st.st_size, st.st_mtime_ns):
                 return row[2]
         digest = hash_file(path)
         if db is not None:
-            db.execute("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?)", (*ident, st.st_size, st.st_mtime_ns, digest))
+            try:
+                self._retry(lambda: db.execute("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?)",
+                                               (*ident, st.st_size, st.st_mtime_ns, digest)))
+            except sqlite3.OperationalError:
+                pass  # not remembered: hashed again next time
         return digest
 
     def path(self, path: Path) -> str:

@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/remote.py
 	$(BIN)/python bench/model_coverage.py
+	$(BIN)/python bench/export_memory.py
 
 clean-venv:
 	rm -rf $(VENV)

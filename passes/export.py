@@ -132,15 +132,20 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:
             _export_dynamo(model, args, raw, names_in, names_out, params.opset, custom.get("table"), **extra)
-        else:
+        else:  # the graph alone: the weights are attached from the module (passes/lib/weights.py)
             torch.onnx.export(
                 model, args, str(raw), dynamo=False, input_names=names_in, output_names=names_out,
-                dynamic_axes=axes, opset_version=params.opset, do_constant_folding=True,
+                dynamic_axes=axes, opset_version=params.opset, do_constant_folding=False, export_params=False,
                 custom_opsets=custom.get("opsets"),
             )
         proto = onnx.load(str(raw))
     _strip_nondeterminism(proto)
     ir_model = ir.from_proto(proto)
+    if not params.dynamo:
+        from passes.lib import weights
+
+        weights.attach(ir_model, model)
+        weights.fold_transposes(ir_model)
     dims = {k: int(getattr(model, k)) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size")}
     if extra["proposals"]:
         dims["projection_heads"] = int(model.projection_heads)

@@ -1,1 +1,1 @@
-"""Libraries the passes share: linking store files, and the ONNX graph folder (model.onnx + weights + io.json)."""
+"""Libraries the passes share: store files, the ONNX graph folder (model.onnx + weights + io.json), a module's weights into a graph, an HF model's decoder stack."""

@@ -1,9 +1,12 @@
 """Pass `static_kv`: wrap an HF causal LM so its KV cache is explicit, fixed-size graph inputs.
 
 Two ways to update the cache (``hw.attention``): ``scatter``, the AI 100 convention (the new
-rows scattered into the past at position_ids, the whole updated cache returned), and ``gqa``
-(the CPU program: ONNX Runtime's GroupQueryAttention writes the new rows into the past buffer
-itself, in place when the runtime binds past and present to one buffer; see gqa.py).
+rows written into the past at position_ids by the compiler's CtxScatter, read back through
+CtxGather, the whole updated cache returned; see ctx_ops.py), and ``gqa`` (the CPU program:
+ONNX Runtime's GroupQueryAttention writes the new rows into the past buffer itself, in place
+when the runtime binds past and present to one buffer; see gqa.py). Any decoder family:
+its stack found by name (passes/lib/hf_decoder.py), its own head and masks per layer type,
+its experts made dense (moe.py).
 """
 from __future__ import annotations
 

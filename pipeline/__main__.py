@@ -5,8 +5,6 @@ Exit codes, for a run and for a sweep (its worst job), under any Hydra launcher:
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.cli import job_dir
+from pipeline.cli import finish_job, job_dir
 from pipeline.config import register
 from pipeline.pass_api import UserError
 
@@ -40,8 +38,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         (run_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text("".join(traceback.format_exception(exc)))
         return _fail(run_dir, 1, f"{type(exc).__name__}: {exc} (traceback: {run_dir / 'error.txt'})", summary)
-    summary = {**result.summary(), "exit_code": 0 if result.ok else 1}
-    _write_summary(run_dir, summary)
+    summary = finish_job(run_dir, 0 if result.ok else 1, result.summary(), None)
     for role, v in result.validations.items():
         verdict = "passed" if v.get("passed") else "FAILED"
         print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('tokens_compared')} tokens compared, "
@@ -67,21 +64,11 @@ def _show_graph(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(mermaid(build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))))
     except UserError as exc:
         return _fail(run_dir, 2, str(exc), {})
-    summary = {"graph": True, "exit_code": 0}
-    _write_summary(run_dir, summary)
-    return summary
+    return finish_job(run_dir, 0, {"graph": True}, None)
 
 
 def _fail(run_dir: Path, code: int, message: str, summary: dict[str, Any]) -> dict[str, Any]:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    summary = {**summary, "error": message, "exit_code": code}
-    _write_summary(run_dir, summary)
-    return summary
-
-
-def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return finish_job(run_dir, code, {**summary, "error": message}, message)
 
 
 if __name__ == "__main__":

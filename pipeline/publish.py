@@ -84,9 +84,10 @@ def _publish_one(cfg: Any, result: Any, role: str, package: Path, remote: Any) -
     key = result.package_keys[role]
     record = store.records.read(key)
     manifest = json.loads((package / "manifest.json").read_text())
-    name = cfg.name if cfg.name is not None else default_name(manifest["model"]["name"], manifest["target"], key)
-    if role != "model":
-        name = f"{name}-{role}" if cfg.name is not None else name
+    if cfg.name is None:
+        name = default_name(manifest["model"]["name"], manifest["target"], key)
+    else:  # a draft package published beside the model's gets the name and its role
+        name = cfg.name if role == "model" else f"{cfg.name}-{role}"
     provenance = provenance_of(cfg, result, role, manifest)
     done = publish(remote, store, record, name, manifest, provenance)
     print(f"published {done.name} to {done.url}: {done.files} files, {done.bytes / 1e6:.1f} MB; uploaded "

@@ -12,7 +12,6 @@ and are never written anywhere: the URL is shown without any user or password in
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.store.digests import tree_digest
+from pipeline.store.digests import hash_file, tree_digest
 from pipeline.store.local import EXEC_SUFFIX, Store, content_digest, remove_tree
 
 BIG_BLOB = 64 << 20   # blobs from this size on show a progress bar
@@ -120,7 +119,7 @@ class Remote:
         """One blob to ``dest``, its sha256 and size checked (RuntimeError on a mismatch), executable if marked."""
         _retry(lambda: self.fs.get_file(self.blob_path(file_id), str(dest),
                                         callback=_progress(size, f"pull {file_id[:12]}")))
-        digest = _sha256(dest)
+        digest = hash_file(dest)
         if digest != content_digest(file_id) or dest.stat().st_size != size:
             raise RuntimeError(f"blob {file_id[:16]}… from {self} has sha256 {digest[:16]}… and {dest.stat().st_size} "
                                f"bytes, not the {size} bytes of sha256 {content_digest(file_id)[:16]}… expected: refused")
@@ -159,14 +158,6 @@ class Remote:
         _retry(lambda: self.fs.pipe_file(staging, data))
         if staging != target:
             _retry(lambda: self.fs.mv(staging, target))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _progress(size: int, label: str) -> Any:

@@ -4,6 +4,8 @@ Each family's tiny random config through the static-KV transform, the export and
 against HF's own greedy tokens (32 new) and logits (within 1e-3): the CPU program with a batch
 of two prompts of different lengths, and the AI 100 graph with continuous batching (2 slots, 3
 prompts) and speculative decoding (K=3) at once. The same checks as tests/test_model_coverage.py.
+Exported by the TorchScript exporter (the default), or by the dynamo one (export.dynamo=true)
+for the families only it takes (model_families.DYNAMO_ONLY).
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from model_families import FAMILIES, VARIANTS, check, tiny_model  # noqa: E402
 
 
 def cell(outcome) -> str:
-    if outcome.passed:
-        return "tokens equal" + (f" ({outcome.attention})" if outcome.variant == "cpu" else "")
-    return "no"
+    if not outcome.passed:
+        return "no"
+    how = [outcome.attention] * (outcome.variant == "cpu") + ["dynamo exporter"] * (outcome.exporter == "dynamo")
+    return "tokens equal" + (f" ({', '.join(how)})" if how else "")
 
 
 def short(reason: str) -> str:

@@ -141,6 +141,8 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
         proto = onnx.load(str(raw))
     _strip_nondeterminism(proto)
     ir_model = ir.from_proto(proto)
+    if params.dynamo and model.attention != "gqa":
+        ops.attach_functions(ir_model, params.opset)
     if not params.dynamo:
         from passes.lib import weights
 

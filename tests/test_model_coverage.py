@@ -3,20 +3,19 @@
 Each family in two programs (tests/model_families.py): the CPU program with a batch of two
 prompts of different lengths, and the AI 100 graph with continuous batching and speculative
 decoding at once. Known gaps are strict xfails: one that starts passing fails here, so the list
-(and the README's table, from bench/model_coverage.py) is kept true.
+(and the README's table, from bench/model_coverage.py) is kept true. Families only the dynamo
+exporter takes (DYNAMO_ONLY) are checked with it, and must still fail with the TorchScript one.
 """
 from __future__ import annotations
 
 import pytest
 
-from model_families import FAMILIES, VARIANTS, check
+from model_families import DYNAMO_ONLY, FAMILIES, VARIANTS, check
 
 # family -> what stops it today (a substring of the outcome's reason)
 KNOWN_GAPS = {
     "llama4_text": "aten::polar",            # complex-number rotary: the TorchScript exporter has no op for it
-    "cohere": "",                            # interleaved rotary: the exported graph bakes a shape (fails in ONNX Runtime)
     "deepseek_v3": "several layouts",        # MLA: keys and values of different head dims in the cache
-    "glm4": "same rank",                     # partial interleaved rotary: the TorchScript exporter's cat fails
 }
 
 
@@ -35,3 +34,9 @@ def test_known_gaps_still_fail_as_recorded(family):
     assert not outcome.passed, f"{family} passes now: take it off KNOWN_GAPS (and regenerate the README table)"
     assert KNOWN_GAPS[family] in outcome.reason
 
+
+
+@pytest.mark.parametrize("family", sorted(DYNAMO_ONLY))
+def test_dynamo_only_families_still_fail_with_the_torchscript_exporter(family):
+    outcome = check(family, "ai100", dynamo=False)
+    assert not outcome.passed, f"{family} passes with the TorchScript exporter now: take it off DYNAMO_ONLY"

@@ -33,6 +33,32 @@ def test_smollm2_package_tokens_equal_the_reference(smollm2_store):
     assert " Paris" in p.stdout
 
 
+@pytest.mark.parametrize("hw", ["cpu", "ai100_16c"])
+def test_smollm2_through_the_dynamo_exporter_validates(smollm2_store, hw):
+    """export.dynamo=true on the real model: the CPU program (GroupQueryAttention) and the AI 100
+    graph (the compiler's KV functions and CustomRMSNorm; compiled by the stand-in, validated on
+    its ONNX) give the reference's 32 greedy tokens. The TorchScript exporter: the test above."""
+    import onnx
+
+    from test_ai100 import ENV, STANDIN
+
+    compiler = [f"hw.compiler={STANDIN}"] if hw != "cpu" else []
+    r = run_pipeline(smollm2_store, "export.dynamo=true", "export.opset=18", f"hw={hw}", *compiler,
+                     model="smollm2_135m", timeout=1500, env=ENV)
+    assert r.rc == 0, r.out + r.err
+    assert r.status()["export"] == "ran" and r.status()["load"] == "cached", r.status()
+    v = r.summary["validation"]
+    assert v["passed"] and v["tokens_compared"] >= 32 and v["max_abs_logit_diff"] < 1e-3, v
+    graph = onnx.load(str(smollm2_store / "trees" / r.stage("rewrite")["digest"] / "model.onnx"), load_external_data=False)
+    ops = {(n.domain, n.op_type) for n in graph.graph.node if n.domain}
+    if hw == "cpu":
+        assert ops == {("com.microsoft", "GroupQueryAttention")}, ops
+    else:
+        expected = {("com.qualcomm.cloud", "CtxScatter"), ("com.qualcomm.cloud", "CtxGather"),
+                    ("com.qti.aisw.onnx", "CustomRMSNorm")}
+        assert ops == expected and {(f.domain, f.name) for f in graph.functions} == expected, ops
+
+
 def test_smollm2_speculative_decoding_gives_the_plain_greedy_tokens(smollm2_store):
     """Prompt lookup and the 8-layer draft on the real model give the plain package's greedy tokens;
     prompt lookup accepts several tokens a step on an edit. (Projection heads: tests/test_speculative.py.)"""

@@ -131,8 +131,9 @@ def functions(opset: int) -> dict[str, Any]:
 
 def register_exporters(opset: int) -> dict[Any, Any]:
     """Register the TorchScript symbolics (each op one call of its model-local function); return
-    the dynamo exporter's translation table (that exporter inlines the functions: its graph holds
-    their bodies, the same computation without the ops the compiler knows by name)."""
+    the dynamo exporter's translation table, whose entries emit each op as one node of the
+    compiler's name. That exporter inlines every function (its version converter does), so its
+    graph holds the nodes without their definitions, which ``attach_functions`` adds after."""
     table = {}
     for name, fn in functions(opset).items():
         def symbolic(g: Any, *args: Any, _fn: Any = fn) -> Any:
@@ -140,5 +141,48 @@ def register_exporters(opset: int) -> dict[Any, Any]:
             return out.setType(args[0].type().with_sizes([None] * 4))  # a gather's batch is the indices'
 
         torch.onnx.register_custom_op_symbolic(f"ai100pipeline::{name}", symbolic, 1)
+    for name, fn in _calls(opset).items():
         table[getattr(torch.ops.ai100pipeline, name).default] = fn
     return table
+
+
+def _calls(opset: int) -> dict[str, Any]:
+    """One-node onnxscript functions, each calling an op of ``functions`` by name."""
+    op = getattr(onnxscript, f"opset{opset}")
+    cloud = onnxscript.values.Opset(DOMAIN, 1)
+
+    @onnxscript.script(default_opset=op)
+    def ctx_scatter(data: FLOAT, position_ids: INT64, updates: FLOAT) -> FLOAT:
+        return cloud.CtxScatter(data, position_ids, updates)
+
+    @onnxscript.script(default_opset=op)
+    def ctx_gather(data: FLOAT, ctx_indices: INT64) -> FLOAT:
+        return cloud.CtxGather(data, ctx_indices)
+
+    @onnxscript.script(default_opset=op)
+    def ctx_scatter_cb(data: FLOAT, batch_index: INT64, position_ids: INT64, updates: FLOAT) -> FLOAT:
+        return cloud.CtxScatterCB(data, batch_index, position_ids, updates)
+
+    @onnxscript.script(default_opset=op)
+    def ctx_gather_cb(data: FLOAT, batch_index: INT64, ctx_indices: INT64) -> FLOAT:
+        return cloud.CtxGatherCB(data, batch_index, ctx_indices)
+
+    return {"ctx_scatter": ctx_scatter, "ctx_gather": ctx_gather, "ctx_scatter_cb": ctx_scatter_cb,
+            "ctx_gather_cb": ctx_gather_cb}
+
+
+def attach_functions(model: Any, opset: int) -> list[str]:
+    """Add to the onnx_ir ``model`` the definition of every op of ``functions`` its graph calls
+    without one (the dynamo exporter's graph); the names added."""
+    import onnx_ir as ir
+
+    called = {node.op_type for node in model.graph.all_nodes() if node.domain == DOMAIN}
+    added = []
+    for fn in functions(opset).values():
+        key = (DOMAIN, fn.name, "")
+        if fn.name in called and key not in model.functions:
+            model.functions[key] = ir.serde.deserialize_function(fn.to_function_proto())
+            added.append(fn.name)
+    if added:
+        model.opset_imports.setdefault(DOMAIN, 1)
+    return added

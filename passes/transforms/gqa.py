@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 import torch
+from onnxscript import FLOAT
 
 DOMAIN = "com.microsoft"
 _context = threading.local()
@@ -149,7 +150,8 @@ def _onnxscript_functions() -> tuple[Any, Any]:
 
     @onnxscript.script(default_opset=op)
     def gqa_node(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, query_seqlens,
-                 num_heads: int, kv_num_heads: int, scale: float, local_window: int, softcap: float):
+                 num_heads: int, kv_num_heads: int, scale: float, local_window: int = -1, softcap: float = 0.0
+                 ) -> tuple[FLOAT, FLOAT, FLOAT]:
         out, present_key, present_value = msft.GroupQueryAttention(
             query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
             None, None, None, None, None, None, None, None, None, query_seqlens,
@@ -158,7 +160,8 @@ def _onnxscript_functions() -> tuple[Any, Any]:
 
     @onnxscript.script(default_opset=op)
     def gqa_rope_node(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
-                      query_seqlens, num_heads: int, kv_num_heads: int, scale: float, local_window: int, softcap: float):
+                      query_seqlens, num_heads: int, kv_num_heads: int, scale: float, local_window: int = -1, softcap: float = 0.0
+                 ) -> tuple[FLOAT, FLOAT, FLOAT]:
         out, present_key, present_value = msft.GroupQueryAttention(
             query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
             None, None, None, None, None, None, None, query_seqlens,
@@ -182,7 +185,11 @@ class Step:
         self.query_seqlens = valid.sum(dim=1).to(torch.int32)
         # rows are right-padded, so the last valid position is the row's maximum (-1 for an idle row: 0)
         self.seqlens_k = position_ids.max(dim=1).values.clamp(min=0).to(torch.int32)
-        self.total = torch._shape_as_tensor(past[0])[2].to(torch.int32)  # the cache's capacity
+        # the cache's capacity, as a tensor that follows its dynamic axis under either exporter
+        if torch.jit.is_tracing():
+            self.total = torch._shape_as_tensor(past[0])[2].to(torch.int32)
+        else:
+            self.total = torch.full((), past[0].shape[2], dtype=torch.int32)
 
 
 def stepping(step: Step, attention_module: str) -> Any:

@@ -30,7 +30,6 @@ class PackageParams:
     export_dynamo: bool = cfg_field("export.dynamo", False)
     export_opset: int = cfg_field("export.opset", 17)
     rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
-    kind: str = "causal_lm"
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
@@ -62,7 +61,7 @@ def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict
     config = {"model": model, "export": {"dynamo": params.export_dynamo, "opset": params.export_opset},
               "rewrite": {"rules": list(params.rewrite_rules)}, **program.build}
     manifest = fmt.Manifest(
-        kind=params.kind, model=model, target=program.build.get("hw", {}).get("target", "?"), program=program,
+        kind=program.signature.kind, model=model, target=program.build.get("hw", {}).get("target", "?"), program=program,
         config=config, versions={name: metadata.version(name) for name in VERSIONED}, files=fmt.file_entries(out))
     fmt.write_manifest(out, manifest)
     return {"files": len(manifest.files), "bytes": sum(f["bytes"] for f in manifest.files.values())}

@@ -41,6 +41,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     summary = finish_job(run_dir, 0 if result.ok else 1, result.summary(), None)
     for role, v in result.validations.items():
         verdict = "passed" if v.get("passed") else "FAILED"
+        if "min_cosine" in v:  # an embedding package
+            print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('texts_compared')} texts compared, "
+                  f"min cosine similarity {v['min_cosine']:.6f}, compiled lengths used {v.get('lengths_used')})")
+            continue
         print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('tokens_compared')} tokens compared, "
               f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e})")
     for role, path in result.packages.items():

@@ -57,6 +57,7 @@ class CompileConfig:
     ctx_len: int = 256
     full_batch_size: Optional[int] = None   # continuous batching: KV batch dimension
     num_speculative_tokens: Any = None      # speculative target: K, or a list of K
+    seq_len: Any = 128                      # an encoder (pipeline=embedding): one length, or a list (a specialization each)
     dry_run: bool = False                   # ai100: write the compile plan, run no compiler
 
 
@@ -65,6 +66,15 @@ class ValidateConfig:
     prompt: str = "The capital of France is"
     max_new_tokens: int = 32
     atol: float = 1e-3   # max |logit diff| allowed where the package runs in fp32 (ONNX Runtime); tokens must be equal everywhere
+    min_cosine: float = 0.9999  # embedding packages: every reference text's cosine similarity with sentence-transformers'
+
+
+@dataclass
+class EmbeddingConfig:
+    """An embedding package (pipeline=embedding): how the encoder's last hidden states become one vector."""
+
+    pooling: Optional[str] = None     # mean | cls | max | avg | module:function; null: the model's own (sentence-transformers config)
+    normalize: Optional[bool] = None  # L2-normalize; null: the model's own
 
 
 @dataclass
@@ -125,6 +135,7 @@ class Config:
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     spd: SpdConfig = field(default_factory=SpdConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -154,6 +165,14 @@ class InferConfig(Config):
     generation_len: Optional[int] = None  # new tokens at most; null: until EOS or ctx_len
     stream: bool = False                 # print tokens as they come
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class EmbedConfig(Config):
+    """``python -m pipeline.embed``: the build's config (an embedding pipeline) plus the texts (exactly one source)."""
+
+    texts: Optional[List[str]] = None
+    texts_file: Optional[str] = None     # one text a line, or a .json list of strings
 
 
 @dataclass
@@ -189,7 +208,7 @@ def register(config_name: str = "config") -> None:
             cs.store(group="hw_schema", name=target, node=schema)
         _registered.add("targets")
     schemas = {"config": ("base_config", Config), "infer": ("infer_config", InferConfig),
-               "publish": ("publish_config", PublishConfig)}
+               "publish": ("publish_config", PublishConfig), "embed": ("embed_config", EmbedConfig)}
     if config_name in schemas and config_name not in _registered:
         cs.store(name=schemas[config_name][0], node=schemas[config_name][1])
         _registered.add(config_name)

@@ -30,34 +30,42 @@ register(CONFIG)
 
 def read_prompts(cfg: Any) -> list[str]:
     """The prompts from the one source given; UserError naming the key otherwise."""
-    given = [k for k in ("prompt", "prompts", "prompts_file") if cfg.get(k) is not None]
+    return read_texts(cfg, ("prompt", "prompts", "prompts_file"))
+
+
+def read_texts(cfg: Any, keys: tuple[str | None, str, str]) -> list[str]:
+    """Texts from exactly one of ``keys`` = (one text | None, a list, a file: one a line or a .json list)."""
+    one, many, file = keys
+    names = [k for k in keys if k]
+    given = [k for k in names if cfg.get(k) is not None]
     if len(given) != 1:
-        raise UserError(f"prompt: {'set with ' + ', '.join(given) if given else 'not set'}; allowed: exactly one of "
-                        "prompt=<text>, prompts=[<text>, ...] or prompts_file=<path> (one a line, or a .json list)")
-    if cfg.prompt is not None:
-        prompts = [cfg.prompt]
-    elif cfg.prompts is not None:
-        prompts = list(cfg.prompts)
+        allowed = ([f"{one}=<text>"] if one else []) + [f"{many}=[<text>, ...]", f"{file}=<path> (one a line, or a .json list)"]
+        raise UserError(f"{names[0]}: {'set with ' + ', '.join(given) if given else 'not set'}; allowed: exactly one of "
+                        + ", ".join(allowed[:-1]) + " or " + allowed[-1])
+    if one and cfg.get(one) is not None:
+        texts = [cfg.get(one)]
+    elif cfg.get(many) is not None:
+        texts = list(cfg.get(many))
     else:
-        prompts = _prompts_file(Path(cfg.prompts_file))
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise UserError(f"{given[0]}: {prompts!r} is not allowed; allowed: one or more non-empty strings")
-    return prompts
+        texts = _texts_file(Path(cfg.get(file)), file)
+    if not texts or not all(isinstance(p, str) and p for p in texts):
+        raise UserError(f"{given[0]}: {texts!r} is not allowed; allowed: one or more non-empty strings")
+    return texts
 
 
-def _prompts_file(path: Path) -> list[str]:
+def _texts_file(path: Path, key: str) -> list[str]:
     try:
         text = path.read_text()
     except OSError as e:
-        raise UserError(f"prompts_file: {str(path)!r} cannot be read ({e.strerror}); allowed: a readable text or .json file") from None
+        raise UserError(f"{key}: {str(path)!r} cannot be read ({e.strerror}); allowed: a readable text or .json file") from None
     if path.suffix == ".json":
         try:
-            prompts = json.loads(text)
+            texts = json.loads(text)
         except ValueError as e:
-            raise UserError(f"prompts_file: {str(path)!r} is not valid JSON ({e}); allowed: a .json list of strings") from None
-        if not isinstance(prompts, list):
-            raise UserError(f"prompts_file: {str(path)!r} holds a {type(prompts).__name__}; allowed: a .json list of strings")
-        return prompts
+            raise UserError(f"{key}: {str(path)!r} is not valid JSON ({e}); allowed: a .json list of strings") from None
+        if not isinstance(texts, list):
+            raise UserError(f"{key}: {str(path)!r} holds a {type(texts).__name__}; allowed: a .json list of strings")
+        return texts
     return [line for line in text.splitlines() if line.strip()]
 
 

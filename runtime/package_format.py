@@ -55,7 +55,12 @@ KV_IN_PLACE = "in_place"  # the graph writes only the new rows; bind past and re
 PREFILL = "prefill"    # takes the prompt, a chunk of seq_len tokens at a time
 DECODE = "decode"      # one new token per sequence
 DECODE_K = "decode_k"  # a speculative step: K proposed tokens + 1, logits for each (``k``)
-SPEC_ROLES = (PREFILL, DECODE, DECODE_K)
+EMBED = "embed"        # an encoder's pass over a batch of texts of up to seq_len tokens
+SPEC_ROLES = (PREFILL, DECODE, DECODE_K, EMBED)
+
+# ---- kinds of packages (Manifest.kind)
+CAUSAL_LM = "causal_lm"
+EMBEDDING = "embedding"
 
 # ---- backends of a program
 ONNXRUNTIME = "onnxruntime"
@@ -114,6 +119,11 @@ class Signature:
 
     def has(self, role: str) -> bool:
         return self.input(role) is not None or self.output(role) is not None
+
+    @property
+    def kind(self) -> str:
+        """EMBEDDING for an encoder's graph (a pooled output), else CAUSAL_LM."""
+        return EMBEDDING if self.output(POOLED_OUTPUT) is not None else CAUSAL_LM
 
     def past_kv(self) -> list[IoValue]:
         """The KV inputs, layer by layer, key before value."""
@@ -206,6 +216,14 @@ class Program:
     def spec(self, role: str) -> Specialization | None:
         """The first specialization with a role (prefill, decode), or None."""
         return next((s for s in self.specializations if role in s.roles), None)
+
+    def embed_spec(self, seq_len: int) -> Specialization:
+        """The smallest encoder shape that holds ``seq_len`` tokens (ValueError when none does)."""
+        fits = [s for s in self.specializations if EMBED in s.roles and s.seq_len >= seq_len]
+        if not fits:
+            longest = max((s.seq_len for s in self.specializations if EMBED in s.roles), default=0)
+            raise ValueError(f"no compiled length holds {seq_len} tokens; the longest is {longest}")
+        return min(fits, key=lambda s: s.seq_len)
 
     def decode_spec(self, tokens: int = 1) -> Specialization:
         """The decode shape for ``tokens`` new tokens per sequence: a plain decode when there is

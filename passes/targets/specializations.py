@@ -22,6 +22,10 @@ Names (``names``; the named form of specializations.json and compile_ort's file 
 the prefill entry is ``Prefill``; the first decode entry is ``Decode``; each further decode
 entry (a list of K) is ``Decode_K<K>``, e.g. K = [2, 4]: ``Prefill, Decode, Decode_K4``.
 The single entry of prefill_seq_len 1 is ``Decode``.
+
+An encoder's graph (an embedding model: ``encoder_plan``) has one entry per length of
+``compile.seq_len`` (one length or a list), ``{batch_size, seq_len}``, shortest first, named
+``Seq<L>``, each with the role ``embed``; the runtime runs a batch in the shortest that holds it.
 """
 from __future__ import annotations
 
@@ -78,6 +82,27 @@ def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: i
     return [entry(1 if cb else batch_size, prefill_seq_len, 1), *(entry(decode_batch, k + 1, k + 1) for k in ks)]
 
 
+def seq_lens(value: Any) -> list[int]:
+    """compile.seq_len as a sorted list of distinct lengths; ValueError (one line) on a bad value."""
+    lens = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not lens or not all(_int(n) and n >= 1 for n in lens) or len(set(lens)) != len(lens):
+        raise ValueError(f"compile.seq_len: {_show(value)} is not allowed; allowed: an integer >= 1, "
+                         "or a list of distinct such integers (one compiled length each)")
+    return sorted(lens)
+
+
+def encoder_plan(batch_size: int, seq_len: Any) -> list[dict[str, int]]:
+    """An encoder's compiled shapes: one per length, shortest first."""
+    if not _int(batch_size) or batch_size < 1:
+        raise ValueError(f"compile.batch_size: {_show(batch_size)} is not allowed; allowed: an integer >= 1")
+    return [{"batch_size": batch_size, "seq_len": n} for n in seq_lens(seq_len)]
+
+
+def encoder_specializations(params: Any) -> tuple[fmt.Specialization, ...]:
+    return tuple(fmt.Specialization(f"Seq{spec['seq_len']}", (fmt.EMBED,), spec)
+                 for spec in encoder_plan(params.batch_size, params.seq_len))
+
+
 def specializations(params: Any) -> tuple[fmt.Specialization, ...]:
     """The plan of a compile pass's params (batch_size, prefill_seq_len, ctx_len, full_batch_size,
     num_speculative_tokens), each shape named and given its roles."""
@@ -101,6 +126,8 @@ def for_graph(folder: Any, params: Any, who: str) -> tuple[fmt.Signature, tuple[
     """A compile pass's start: the graph folder's signature, and the shapes to build of it (after
     checking that the graph has the inputs the plan's variants need)."""
     signature = fmt.read_signature(folder)
+    if signature.kind == fmt.EMBEDDING:
+        return signature, encoder_specializations(params)
     check_variant_inputs(signature, params.full_batch_size, params.num_speculative_tokens, who)
     return signature, specializations(params)
 
@@ -110,11 +137,15 @@ def check_plan(params: Any, facts: Any) -> None:
     its facts, when known). One-line UserError."""
     try:
         specializations(params)
+        lens = encoder_plan(params.batch_size, params.seq_len)
     except ValueError as e:
         raise UserError(str(e)) from None
     limit = getattr(facts, "max_positions", None)
     if limit is not None and params.ctx_len > limit:
         raise UserError(f"compile.ctx_len: {params.ctx_len!r} is not allowed; allowed: 1..{limit} (the model's max positions)")
+    if limit is not None and lens[-1]["seq_len"] > limit:
+        raise UserError(f"compile.seq_len: {_show(params.seq_len)} is not allowed; allowed: lengths of "
+                        f"1..{limit} (the model's max positions)")
 
 
 # The graph input each variant needs (the export builds it when the compile field is set): its role, and its name by convention.

@@ -86,6 +86,7 @@ class CompileAi100Params:
     ctx_len: int = cfg_field("compile.ctx_len", 256)
     full_batch_size: Any = cfg_field("compile.full_batch_size", None)
     num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
+    seq_len: Any = cfg_field("compile.seq_len", 128)  # an encoder's lengths (one, or a list)
     dry_run: bool = cfg_field("compile.dry_run", False)
     # Filled by the resolve hook (no config path: they enter the key under these names).
     compiler_version: str = ""
@@ -113,12 +114,14 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
     link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
 
     fmt.write_json(out / SPECIALIZATIONS, spz.to_json(specs, params.specialization_format))
-    (out / CUSTOM_IO).write_text(custom_io_yaml(signature, params.kv_cache_dtype))
+    kv = signature.kind == fmt.CAUSAL_LM  # an encoder has no KV cache: no retained state, no custom IO
+    if kv:
+        (out / CUSTOM_IO).write_text(custom_io_yaml(signature, params.kv_cache_dtype))
     if params.num_devices > 1:
         fmt.write_json(out / mdp_file(params.num_devices), mdp_config(params.num_devices, params.num_cores))
-    (out / SCRIPT).write_text(script_text(params))
+    (out / SCRIPT).write_text(script_text(params, kv))
     (out / SCRIPT).chmod(0o755)  # the store keeps the execute bit
-    options = compiler_options(params)
+    options = compiler_options(params, kv)
     portable = shlex.join([sdk_default(params.compiler_kind or "qaic-compile"), *options])
     data_files = onnx_files.data_files(out)
     fmt.write_json(out / COMPILE_JSON, {

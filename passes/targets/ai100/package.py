@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from passes.targets.ai100.plan import COMPILE_JSON, PROGRAM, QPC_DIR, SCRIPT
 
 QCONFIG = "qconfig.json"
+TRANSFORMS = {"causal_lm": "static_kv", "embedding": "embedding"}  # by package kind
 
 
 def write_qconfig(out: Path, checkpoint: Path, program: Any, rewrite_rules: Sequence[str]) -> None:
@@ -18,7 +19,7 @@ def write_qconfig(out: Path, checkpoint: Path, program: Any, rewrite_rules: Sequ
         command = (out / SCRIPT).read_text().strip().splitlines()[-1]
     qconfig = {
         "huggingface_config": json.loads((checkpoint / "config.json").read_text()),
-        "transforms": ["static_kv", *rewrite_rules, "fp16_clip", "external_data_split"],
+        "transforms": [TRANSFORMS[program.signature.kind], *rewrite_rules, "fp16_clip", "external_data_split"],
         "compiler": {"command": command, "options": program.build.get("hw", {}), "compile": program.build.get("compile", {})},
         "sdk_versions": compile_info.get("compiler_version"),
         "qpc": f"{QPC_DIR}/{PROGRAM}" if (out / QPC_DIR / PROGRAM).is_file() else None,

@@ -32,9 +32,10 @@ def extra_flags(extra: Mapping[str, Any]) -> list[str]:
     return flags
 
 
-def compiler_options(params: Any) -> list[str]:
-    """The compiler's options (AI100.md), with paths relative to the compile folder."""
-    opts = ["-aic-hw", f"-aic-hw-version={params.hw_version}", "-m=model.onnx", "-retained-state",
+def compiler_options(params: Any, kv: bool = True) -> list[str]:
+    """The compiler's options (AI100.md), with paths relative to the compile folder; without ``kv``
+    (an encoder) no retained state and no custom IO list."""
+    opts = ["-aic-hw", f"-aic-hw-version={params.hw_version}", "-m=model.onnx", *["-retained-state"] * kv,
             "-convert-to-fp16", f"-aic-num-cores={params.num_cores}"]
     if params.mxfp6_matmul:
         opts.append("-mxfp6-matmul")
@@ -46,7 +47,7 @@ def compiler_options(params: Any) -> list[str]:
         opts.append("-aic-enable-depth-first")
     if params.num_devices > 1:
         opts.append(f"-mdp-load-partition-config={mdp_file(params.num_devices)}")
-    opts += [f"-network-specialization-config={SPECIALIZATIONS}", f"-custom-IO-list-file={CUSTOM_IO}",
+    opts += [f"-network-specialization-config={SPECIALIZATIONS}", *[f"-custom-IO-list-file={CUSTOM_IO}"] * kv,
              f"-aic-binary-dir={QPC_DIR}"]
     opts += extra_flags(params.extra_options)
     if params.compiler_kind == "qaic-exec":
@@ -80,9 +81,9 @@ def custom_io_yaml(signature: fmt.Signature, precision: str) -> str:
     return "".join(f" - IOName: {n}\n   Precision: {precision}\n\n" for n in names)
 
 
-def script_text(params: Any) -> str:
+def script_text(params: Any, kv: bool = True) -> str:
     """compile.sh: runs in its own folder, compiler from $QAIC_COMPILER or the SDK's path."""
-    options = " ".join(shlex.quote(o) for o in compiler_options(params))
+    options = " ".join(shlex.quote(o) for o in compiler_options(params, kv))
     default = sdk_default(params.compiler_kind or "qaic-compile")
     return (
         "#!/bin/sh\n"

@@ -5,7 +5,8 @@ dynamic ``model.onnx`` for every specialization (one session, weights pre-packed
 prefill runs unpadded), made cheaper per step by graph.py (no identity reshapes, fused norms,
 packed q/k/v), with its own weights file. For the AI 100 convention's graph
 (``hw.attention=scatter``): ``<name>.onnx`` per specialization (prefill.onnx, decode.onnx,
-decode_k<K>.onnx) with fixed shapes, sharing the rewrite's weights file(s). Either way
+decode_k<K>.onnx) with fixed shapes, sharing the rewrite's weights file(s). An encoder's graph
+(an embedding model): one dynamic ``model.onnx`` for every compiled length. Either way
 ``program.json`` (runtime.package_format.Program: the signature, the specializations with their
 roles, the graph of each, the session options).
 ``OrtHw`` is the hw schema of the cpu target (conf/hw/cpu.yaml).
@@ -39,6 +40,7 @@ class CompileOrtParams:
     ctx_len: int = cfg_field("compile.ctx_len", 256)
     full_batch_size: Any = cfg_field("compile.full_batch_size", None)
     num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
+    seq_len: Any = cfg_field("compile.seq_len", 128)  # an encoder's lengths (one, or a list)
 
 
 @register_pass("compile_ort", params=CompileOrtParams, deps=("onnx", "onnxruntime"), materialize=True,
@@ -54,16 +56,17 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
     signature, specs = spz.for_graph(src, params, "compile_ort")
     graphs: dict[str, str] = {}
     result: dict[str, Any] = {}
-    if signature.kv_update == fmt.KV_IN_PLACE:
-        # One dynamic graph, one session: the weights pre-packed once for every specialization;
-        # a prefill runs any length up to its specialization's, unpadded.
-        from passes.targets.ort import graph
-
-        shapes = graph.symbolic_shapes(src / onnx_files.MODEL)
+    if signature.kind == fmt.EMBEDDING or signature.kv_update == fmt.KV_IN_PLACE:
+        # One dynamic graph, one session: the weights pre-packed once for every specialization; a
+        # step runs unpadded up to its shape (a prefill any length, an encoder's batch its longest text).
         model = onnx_files.load_ir(src)
-        result = {"identity_reshapes_dropped": graph.drop_identity_reshapes(model, shapes)}
-        model, result["skip_norms_fused"] = graph.fuse_norms(model)
-        result["qkv_packed"] = graph.pack_qkv(model)
+        if signature.kind == fmt.CAUSAL_LM:  # a decoder's step made cheaper (graph.py)
+            from passes.targets.ort import graph
+
+            shapes = graph.symbolic_shapes(src / onnx_files.MODEL)
+            result = {"identity_reshapes_dropped": graph.drop_identity_reshapes(model, shapes)}
+            model, result["skip_norms_fused"] = graph.fuse_norms(model)
+            result["qkv_packed"] = graph.pack_qkv(model)
         onnx_files.save_ir(model, out)
         result["nodes"] = sum(1 for _ in model.graph)
         del model
@@ -126,7 +129,7 @@ def _prove_loads(out: Path, program: Any) -> dict[str, float]:
             ort.InferenceSession(str(out / file), session_options(program.options), providers=["CPUExecutionProvider"])
         except Exception as e:
             raise RuntimeError(f"compile_ort: ONNX Runtime cannot load {file} "
-                               f"(batch {spec.batch_size}, seq {spec.seq_len}, ctx {spec.ctx_len}): "
+                               f"({', '.join(f'{k} {v}' for k, v in spec.symbols.items())}): "
                                f"{type(e).__name__}: {str(e)[:1000]}") from e
         seconds[file] = round(time.perf_counter() - start, 3)
     return seconds

@@ -1,0 +1,1 @@
+"""Embedding models: an encoder with its pooling (and normalization) as one graph, checked against sentence-transformers."""

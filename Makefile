@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/remote.py
 	$(BIN)/python bench/model_coverage.py
 	$(BIN)/python bench/export_memory.py
+	$(BIN)/python bench/embedding.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from passes.transforms.lora import input_names as lora_names
 from runtime import package_format as fmt
 from runtime.package_format import KV_KINDS
 
@@ -33,20 +34,23 @@ class ExportParams:
 
 
 def io_names(num_layers: int, batch_index: bool = False, num_logits_to_keep: bool = False,
-             proposals: bool = False) -> tuple[list[str], list[str]]:
-    """Graph input and output names (the AI 100 retained-state convention)."""
+             proposals: bool = False, lora: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Graph input and output names (the AI 100 retained-state convention); ``lora``: the LoRA
+    weight inputs' names (after ``adapter_ids``)."""
     past = [f"past_{kv}.{i}" for i in range(num_layers) for kv in KV_KINDS]
     extra = ["batch_index"] * batch_index + ["num_logits_to_keep"] * num_logits_to_keep
+    extra += ["adapter_ids", *lora] if lora else []
     return (["input_ids", "position_ids", *past, *extra],
             ["logits", *(f"{n}_RetainedState" for n in past), *["proposals"] * proposals])
 
 
 def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[str, str],
               dims: Mapping[str, int], batch_index: bool = False, num_logits_to_keep: bool = False,
-              kv_update: str = "scatter", proposals: bool = False) -> fmt.Signature:
+              kv_update: str = "scatter", proposals: bool = False, lora: tuple[str, ...] = ()) -> fmt.Signature:
     """The graph's IO signature: the names io_names gives, each with its role."""
     roles = {"input_ids": fmt.TOKEN_IDS, "position_ids": fmt.POSITIONS, "batch_index": fmt.BATCH_INDEX,
-             "num_logits_to_keep": fmt.LOGITS_TO_KEEP, "logits": fmt.LOGITS, "proposals": fmt.PROPOSALS}
+             "num_logits_to_keep": fmt.LOGITS_TO_KEEP, "logits": fmt.LOGITS, "proposals": fmt.PROPOSALS,
+             "adapter_ids": fmt.ADAPTER_IDS, **{name: fmt.LORA_WEIGHT for name in lora}}
 
     def value(name: str) -> fmt.IoValue:
         if name.startswith("past_"):
@@ -55,12 +59,12 @@ def signature(num_layers: int, shapes: Mapping[str, list[Any]], dtypes: Mapping[
             return fmt.IoValue(name, role, dtypes[name], tuple(shapes[name]), int(layer), kv)
         return fmt.IoValue(name, roles[name], dtypes[name], tuple(shapes[name]))
 
-    names_in, names_out = io_names(num_layers, batch_index, num_logits_to_keep, proposals)
+    names_in, names_out = io_names(num_layers, batch_index, num_logits_to_keep, proposals, lora)
     return fmt.Signature(tuple(map(value, names_in)), tuple(map(value, names_out)), dict(dims), kv_update)
 
 
 def dynamic_axes(num_layers: int, batch_index: bool = False, num_logits_to_keep: bool = False,
-                 proposals: bool = False) -> dict[str, dict[int, str]]:
+                 proposals: bool = False, lora: tuple[str, ...] = ()) -> dict[str, dict[int, str]]:
     inputs, outputs = io_names(num_layers)
     axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch_size", 1: "seq_len"},
@@ -77,6 +81,8 @@ def dynamic_axes(num_layers: int, batch_index: bool = False, num_logits_to_keep:
         axes["logits"] = {0: "batch_size", 1: "num_logits_to_keep"}
     if proposals:
         axes["proposals"] = {**axes["logits"]}
+    if lora:
+        axes["adapter_ids"] = {0: "batch_size"}
     return axes
 
 
@@ -94,6 +100,12 @@ def example_inputs(model: Any) -> tuple[Any, ...]:
         extra.append(torch.tensor([[EXAMPLE_FULL_BATCH - 1], [1]], dtype=torch.int64)[:EXAMPLE_BATCH])
     if model.has_num_logits_to_keep:
         extra.append(torch.zeros((EXAMPLE_LOGITS_TO_KEEP, 1), dtype=torch.int64))
+    if model.lora_modules:  # distinct slots, neither 0 nor in order; small random weights
+        extra.append(torch.tensor([[model.lora_slots - 1], [1]], dtype=torch.int64)[:EXAMPLE_BATCH])
+        generator = torch.Generator().manual_seed(0)
+        for _, n_in, n_out in model.lora_modules:
+            for shape in ((model.lora_slots, n_in, model.lora_rank), (model.lora_slots, model.lora_rank, n_out)):
+                extra.append(torch.randn(shape, generator=generator) * 0.01)
     return (ids, pos, *past, *extra)
 
 
@@ -106,7 +118,8 @@ def variants(model: Any, params: ExportParams) -> dict[str, bool]:
         raise RuntimeError(f"export: the transform's attention is {model.attention}, the export params ask for {params.attention}")
     if have != want:
         raise RuntimeError(f"export: the transform built inputs {have}, the export params ask for {want}")
-    return {**have, "proposals": bool(getattr(model, "projection_heads", 0))}
+    lora = tuple(n for path, _, _ in model.lora_modules for n in lora_names(path))
+    return {**have, "proposals": bool(getattr(model, "projection_heads", 0)), "lora": lora}
 
 
 @register_pass("export", params=ExportParams, deps=("torch", "onnx", "onnxscript", "onnx_ir"),
@@ -151,6 +164,8 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     dims = {k: int(getattr(model, k)) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size")}
     if extra["proposals"]:
         dims["projection_heads"] = int(model.projection_heads)
+    if extra["lora"]:
+        dims.update(lora_rank=int(model.lora_rank), lora_slots=int(model.lora_slots))
     _name_shapes(ir_model.graph, dims, **extra)
     opset = ir_model.opset_imports.get("", None)
     if opset != params.opset:
@@ -180,7 +195,7 @@ def check(params: ExportParams, facts: Any = None) -> None:
 
 def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], names_out: list[str], opset: int,
                    table: Any = None, batch_index: bool = False, num_logits_to_keep: bool = False,
-                   proposals: bool = False) -> None:
+                   proposals: bool = False, lora: tuple[str, ...] = ()) -> None:
     import torch
     from torch.export import Dim
 
@@ -188,6 +203,7 @@ def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], nam
     kv = {0: Dim("full_batch_size", min=1) if batch_index else batch, 2: ctx}
     n_past = 2 * model.num_layers
     extra = ([{0: batch}] if batch_index else []) + ([{0: Dim("num_logits_to_keep", min=1)}] if num_logits_to_keep else [])
+    extra += [{0: batch}, *[None] * len(lora)] if lora else []  # adapter_ids, then the static LoRA weights
     shapes = {"input_ids": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq},
               "past": tuple([kv] * n_past + extra)}
     try:
@@ -200,7 +216,7 @@ def _export_dynamo(model: Any, args: tuple, path: Path, names_in: list[str], nam
 
 
 def _name_shapes(graph: Any, dims: dict[str, int], batch_index: bool = False, num_logits_to_keep: bool = False,
-                 proposals: bool = False) -> None:
+                 proposals: bool = False, lora: tuple[str, ...] = ()) -> None:
     """Give every graph input and output its declared shape (exporters invent names for some axes)."""
     import onnx_ir as ir
 
@@ -209,8 +225,11 @@ def _name_shapes(graph: Any, dims: dict[str, int], batch_index: bool = False, nu
     shapes = {"input_ids": ["batch_size", "seq_len"], "position_ids": ["batch_size", "seq_len"],
               "logits": ["batch_size", kept, dims["vocab_size"]],
               "proposals": ["batch_size", kept, dims.get("projection_heads", 0)],
-              "batch_index": ["batch_size", 1], "num_logits_to_keep": ["num_logits_to_keep", 1]}
+              "batch_index": ["batch_size", 1], "num_logits_to_keep": ["num_logits_to_keep", 1],
+              "adapter_ids": ["batch_size", 1]}
     for value in (*graph.inputs, *graph.outputs):
+        if value.name in lora:  # static: [slots, in, rank] or [slots, rank, out], as exported
+            continue
         value.shape = ir.Shape(shapes.get(value.name, kv))
 
 

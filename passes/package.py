@@ -30,6 +30,7 @@ class PackageParams:
     export_dynamo: bool = cfg_field("export.dynamo", False)
     export_opset: int = cfg_field("export.opset", 17)
     rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
+    adapters: Any = cfg_field("model.adapters", None, kind="paths")  # LoRA weights enter here, not before
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
@@ -52,6 +53,8 @@ def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict
     if "config.json" not in copied:
         raise RuntimeError(f"package: the checkpoint has no config.json (files: {sorted(p.name for p in checkpoint.iterdir())})")
     _check_tokenizer(out / fmt.TOKENIZER_DIR)
+    if any(v.role == fmt.LORA_WEIGHT for v in program.signature.inputs):
+        _write_adapters(out, program.signature, dict(params.adapters or {}))
     if program.backend == fmt.QAIC:
         from passes.targets.ai100.package import write_qconfig
 
@@ -65,6 +68,31 @@ def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict
         config=config, versions={name: metadata.version(name) for name in VERSIONED}, files=fmt.file_entries(out))
     fmt.write_manifest(out, manifest)
     return {"files": len(manifest.files), "bytes": sum(f["bytes"] for f in manifest.files.values())}
+
+
+def _write_adapters(out: Path, signature: Any, adapters: dict[str, str]) -> None:
+    """adapters.safetensors (every adapter's weights stacked by slot) and adapters.json (name -> slot)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from passes.transforms import lora
+    from runtime import adapters as rt
+
+    shapes = {v.name: v.shape for v in signature.inputs}
+    modules = [(v.name.removeprefix("lora_A."), int(v.shape[1]), int(shapes["lora_B." + v.name.removeprefix("lora_A.")][2]))
+               for v in signature.inputs if v.name.startswith("lora_A.")]
+    rank, slots = int(signature.dims["lora_rank"]), int(signature.dims["lora_slots"])
+    if len(adapters) > slots - 1:
+        raise RuntimeError(f"package: {len(adapters)} adapters for a graph with {slots - 1} adapter slots")
+    have_rank, have_targets = lora.signature_of(adapters)
+    if have_rank > rank or not {m.rsplit(".", 1)[-1] for m, _, _ in modules} >= set(have_targets):
+        raise RuntimeError(f"package: the adapters (rank {have_rank}, targets {list(have_targets)}) do not fit the graph's "
+                           f"LoRA inputs (rank {rank})")
+    save_file(lora.stack(adapters, modules, rank, slots), str(out / rt.WEIGHTS))
+    index = {"slots": {name: i for i, name in enumerate(adapters, start=1)}, "rank": rank,
+             "max_adapters": slots - 1, "modules": [m for m, _, _ in modules]}
+    (out / rt.INDEX).write_text(json.dumps(index, indent=1) + "\n")
 
 
 def _check_tokenizer(folder: Path) -> None:

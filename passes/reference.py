@@ -8,30 +8,51 @@ from typing import Any, Mapping
 
 from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
 
+ADAPTERS = "adapters"  # adapters/<name>/: each LoRA adapter's reference
+
 
 @dataclass(frozen=True)
 class ReferenceParams:
     prompt: str = cfg_field("validate.prompt", "The capital of France is")
     max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
+    adapters: Any = cfg_field("model.adapters", None, kind="paths")  # each LoRA adapter's own reference too
 
 
-@register_pass("reference", params=ReferenceParams, deps=("torch", "transformers"), materialize=True,
+@register_pass("reference", params=ReferenceParams, deps=("torch", "transformers", "peft"), materialize=True,
                needs=Needs(modules=("torch", "transformers")))
 def reference(inputs: Mapping[str, Any], params: ReferenceParams, out: Path) -> dict:
     """Writes reference.json (prompt, prompt_ids, tokens, text, max_new_tokens) and logits.npy.
 
     logits.npy is float32 [max_new_tokens, vocab]; row i holds the logits new token i was
-    the argmax of. Generation never stops early (EOS included), so every row exists.
+    the argmax of. Generation never stops early (EOS included), so every row exists. With
+    LoRA adapters: the same for each, from the PEFT model in PyTorch, in adapters/<name>/.
     """
-    import numpy as np
+    import copy
+
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint = Path(inputs["checkpoint"])
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-
     prompt_ids = tokenizer(params.prompt)["input_ids"]
+    result = _write_greedy(model, tokenizer, prompt_ids, params, out)
+    if params.adapters:
+        from peft import PeftModel
+
+        for name, folder in dict(params.adapters).items():
+            adapted = PeftModel.from_pretrained(copy.deepcopy(model), folder).eval()
+            (out / ADAPTERS / name).mkdir(parents=True)
+            result.setdefault("adapters", {})[name] = _write_greedy(adapted, tokenizer, prompt_ids, params,
+                                                                    out / ADAPTERS / name)["text"]
+    return result
+
+
+def _write_greedy(model: Any, tokenizer: Any, prompt_ids: list[int], params: ReferenceParams, out: Path) -> dict:
+    import numpy as np
+    import torch
+    from transformers import DynamicCache
+
     tokens: list[int] = []
     rows = []
     cache = DynamicCache(config=model.config)

@@ -36,7 +36,6 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
 
     import numpy as np
 
-    from runtime.generate import generate
     from runtime.sessions import open_session
     from runtime.tokenizer import load_tokenizer
 
@@ -59,34 +58,63 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
     device = "ai100" if params.runner == "qaicrt" and (package / "qpc" / "programqpc.bin").is_file() else "cpu"
     session = open_session(package, device=device)
     result["target"] = "qpc" if device == "ai100" else session.program.validation_target
-    gen = generate(session, ids, params.max_new_tokens)
+    gated = result["target"] != "qpc"  # the device's fp16 numerics: tokens only
+    result.update(_compare(session, ids, ref["tokens"], ref_logits, params, gated, out, VALIDATION))
+    failures = [] if result["passed"] else [result.pop("failure")]
+    # Each LoRA adapter against its own PEFT reference (adapters/<name>/), in its slot.
+    from passes.reference import ADAPTERS
+    from runtime import adapters
+
+    slots, _ = adapters.load(package, session.program.signature)
+    for name, slot in slots.items():
+        folder = reference / ADAPTERS / name
+        adapted = _compare(session, ids, json.loads((folder / "reference.json").read_text())["tokens"],
+                           np.load(folder / "logits.npy"), params, gated, out, f"validation.{name}.json", slot)
+        if not adapted["passed"]:
+            failures.append(f"adapter {name}: " + adapted.pop("failure"))
+        result.setdefault("adapters", {})[name] = adapted
+        result["passed"] = result["passed"] and adapted["passed"]
+    (out / VALIDATION).write_text(json.dumps({**json.loads((out / VALIDATION).read_text()), **result}, indent=2,
+                                             sort_keys=True) + "\n")
+    if failures:
+        raise StageFailure("; ".join(failures), result=result)
+    return result
+
+
+def _compare(session: Any, ids: list[int], ref_tokens: list[int], ref_logits: Any, params: ValidateParams,
+             gated: bool, out: Path, file: str, slot: int | None = None) -> dict[str, Any]:
+    """Greedy tokens (and, ``gated``, logits) of the package in LoRA ``slot`` against a reference; the
+    details in out/<file>, a ``failure`` message when it does not pass."""
+    import numpy as np
+
+    from runtime.generate import generate
+
+    batch = session.program.spec("prefill").batch_size
+    gen = generate(session, ids, params.max_new_tokens, adapters=None if slot is None else [slot] * batch)
     tokens, logits = gen.tokens[0], gen.logits[0]
-    ref_tokens = ref["tokens"]
     first_diff = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
     compared = len(ref_tokens) if first_diff is None else first_diff + 1
     # Logits are comparable only up to the first differing token (later steps see other inputs).
     diff = float(np.abs(logits[:compared] - ref_logits[:compared]).max())
-    gated = result["target"] != "qpc"  # the device's fp16 numerics: tokens only
     logits_ok = not gated or diff <= params.atol
-    result.update(passed=first_diff is None and logits_ok, tokens_compared=compared, max_abs_logit_diff=diff,
-                  atol=params.atol if gated else None)
-    details = {"tokens": tokens, "reference_tokens": ref_tokens, "first_difference": first_diff,
-               "metrics": gen.metrics}
-    _write(out, result, details)
+    result = {"passed": first_diff is None and logits_ok, "tokens_compared": compared, "max_abs_logit_diff": diff,
+              "atol": params.atol if gated else None}
+    _write(out, result, {"tokens": tokens, "reference_tokens": ref_tokens, "first_difference": first_diff,
+                         "metrics": gen.metrics}, file)
     if first_diff is not None:
         i = first_diff
-        raise StageFailure(f"validate: token {i} differs: package {tokens[i]} vs reference {ref_tokens[i]} "
-                           f"(max abs logit diff {diff:.3g} over {compared} steps)", result=result)
-    if not logits_ok:
-        raise StageFailure(f"validate: max abs logit diff {diff:.3g} over {compared} steps exceeds validate.atol "
-                           f"{params.atol:g} (the tokens are equal)", result=result)
+        result["failure"] = (f"validate: token {i} differs: package {tokens[i]} vs reference {ref_tokens[i]} "
+                             f"(max abs logit diff {diff:.3g} over {compared} steps)")
+    elif not logits_ok:
+        result["failure"] = (f"validate: max abs logit diff {diff:.3g} over {compared} steps exceeds validate.atol "
+                             f"{params.atol:g} (the tokens are equal)")
     return result
 
 
-def _write(out: Path, result: dict[str, Any], details: dict[str, Any]) -> None:
+def _write(out: Path, result: dict[str, Any], details: dict[str, Any], file: str = VALIDATION) -> None:
     import json
 
-    (out / VALIDATION).write_text(json.dumps({**result, **details}, indent=2, sort_keys=True) + "\n")
+    (out / file).write_text(json.dumps({**result, **details}, indent=2, sort_keys=True) + "\n")
 
 
 @hook("validate", "check")

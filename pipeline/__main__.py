@@ -45,8 +45,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('texts_compared')} texts compared, "
                   f"min cosine similarity {v['min_cosine']:.6f}, compiled lengths used {v.get('lengths_used')})")
             continue
+        adapters = "".join(f"; adapter {name}: {'passed' if a['passed'] else 'FAILED'}, {a['tokens_compared']} tokens, "
+                           f"max |logit diff| {a['max_abs_logit_diff']:.2e}" for name, a in v.get("adapters", {}).items())
         print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('tokens_compared')} tokens compared, "
-              f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e})")
+              f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e}{adapters})")
     for role, path in result.packages.items():
         print(f"package{_of(role)}: {path}")
     counts = {s: sum(1 for x in result.stages if x.status == s) for s in ("ran", "cached", "failed")}

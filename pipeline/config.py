@@ -37,6 +37,7 @@ class ModelConfig:
     seed: int = 0                     # source=random
     dtype: str = "float32"
     num_layers: Optional[int] = None  # keep the first N decoder layers (a layer-truncated draft); null: all
+    adapters: Dict[str, str] = field(default_factory=dict)  # LoRA adapters {name: PEFT folder}, chosen at run time
 
 
 @dataclass
@@ -58,6 +59,7 @@ class CompileConfig:
     full_batch_size: Optional[int] = None   # continuous batching: KV batch dimension
     num_speculative_tokens: Any = None      # speculative target: K, or a list of K
     seq_len: Any = 128                      # an encoder (pipeline=embedding): one length, or a list (a specialization each)
+    max_adapters: int = 8                   # with model.adapters: LoRA slots per package (adding one up to this recompiles nothing)
     dry_run: bool = False                   # ai100: write the compile plan, run no compiler
 
 
@@ -164,6 +166,7 @@ class InferConfig(Config):
     chat: bool = False                   # apply the model's chat template
     generation_len: Optional[int] = None  # new tokens at most; null: until EOS or ctx_len
     stream: bool = False                 # print tokens as they come
+    adapter: Optional[str] = None        # a LoRA adapter of the package (model.adapters) for every prompt; null: none
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 

@@ -47,11 +47,15 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from runtime import package_format as fmt
     from runtime.embed import Embedder
 
-    kind = fmt.read_manifest(result.package).kind
-    if kind != fmt.EMBEDDING:
-        message = f"pipeline: a {kind} package is not an embedding model; allowed: pipeline=embedding"
+    manifest = fmt.read_manifest(result.package)
+    if manifest.kind != fmt.EMBEDDING:
+        message = f"pipeline: a {manifest.kind} package is not an embedding model; allowed: pipeline=embedding"
         return finish_job(run_dir, 2, {**summary, "error": message}, message)
-    embedder = Embedder(result.package)
+    try:  # an AI 100 package runs on the device (through qaicrt)
+        embedder = Embedder(result.package, device="ai100" if manifest.program.backend == fmt.QAIC else "cpu")
+    except ImportError as e:
+        message = f"hw.target: {manifest.target!r} needs the Cloud AI 100 runtime here; {e}"
+        return finish_job(run_dir, 2, {**summary, "error": message}, message)
     embedder.embed(texts[:1])  # warm-up: the first run allocates ONNX Runtime's buffers
     run = embedder.embed(texts)
     run_dir.mkdir(parents=True, exist_ok=True)

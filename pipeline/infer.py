@@ -93,6 +93,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                 check_greedy(sampling, cfg.spd.name)
             except ValueError as e:
                 raise UserError(str(e)) from None
+        if cfg.adapter is not None and cfg.adapter not in (cfg.model.adapters or {}):
+            raise UserError(f"adapter: {cfg.adapter!r} is not allowed; allowed: "
+                            f"{', '.join(sorted(cfg.model.adapters or {})) or 'none (model.adapters is empty)'}")
         if cfg.generation_len is not None and cfg.generation_len < 1:
             raise UserError(f"generation_len: {cfg.generation_len!r} is not allowed; allowed: an integer >= 1, or null")
         from pipeline.api import build
@@ -146,10 +149,13 @@ def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft:
     on_token = Streamer(tokenizer, len(prompts)) if cfg.stream else None
     generation_len = cfg.generation_len or program.ctx_len
     try:
+        from runtime import adapters
+
+        slot = adapters.slot_of(getattr(session, "adapters", {}), cfg.adapter)
         proposer = make_proposer(cfg, session, draft_session)
         k = OmegaConf.to_container(cfg.spd, resolve=True)["num_speculative_tokens"] if proposer else None
         info = generate_texts(session, tokenizer, package, prompts, generation_len, cfg.chat, sampling, on_token,
-                              proposer, k, cfg.model.name)
+                              proposer, k, cfg.model.name, slot)
     except ValueError as e:  # a prompt that does not fit, a chat template the model lacks
         raise UserError(str(e)) from None
     if cfg.stream:

@@ -45,6 +45,9 @@ def canonical_params(params: Any, memo: DigestMemo | None) -> tuple[dict[str, An
         if kind == "path" and value is not None:
             locations[path] = str(Path(value).absolute())
             value = "sha256:" + (memo or DigestMemo(None)).path(Path(value))
+        if kind == "paths" and value:  # {name: path} (e.g. model.adapters): each by content digest, like kind="path"
+            locations.update({f"{path}.{name}": str(Path(p).absolute()) for name, p in dict(value).items()})
+            value = {name: "sha256:" + (memo or DigestMemo(None)).path(Path(p)) for name, p in dict(value).items()}
         keyed[path] = value
     return json.loads(canonical_json(keyed)), locations  # tuples -> lists, as records hold them
 

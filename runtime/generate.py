@@ -24,10 +24,12 @@ class Generation:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def generate(session: Session, prompts: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
+def generate(session: Session, prompts: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int,
+             adapters: Sequence[int] | None = None) -> Generation:
     """Greedy decoding of `max_new_tokens` per prompt (no EOS stop).
 
     `prompts`: one token list, or one per row of the prefill batch (a single prompt fills every row).
+    `adapters`: each row's LoRA slot (runtime.adapters; default: none), for a package with adapters.
     """
     program = session.program
     prefill, decode = program.spec(fmt.PREFILL), program.decode_spec(1)
@@ -56,7 +58,7 @@ def generate(session: Session, prompts: Sequence[int] | Sequence[Sequence[int]],
             part = row[first:first + chunk]
             ids[r, :len(part)] = part
             pos[r, :len(part)] = np.arange(first, first + len(part))
-        out = step(session, prefill, ids, pos, kv)
+        out = step(session, prefill, ids, pos, kv, adapter_ids=adapters)
         for r, n in enumerate(lengths):
             if first <= n - 1 < first + chunk:  # this chunk holds the row's last prompt token
                 logits[r, 0] = out[r, -1]
@@ -66,7 +68,7 @@ def generate(session: Session, prompts: Sequence[int] | Sequence[Sequence[int]],
     decode_start = time.perf_counter()
     positions = np.array(lengths, dtype=np.int64)
     for i in range(1, max_new_tokens):
-        out = step(session, decode, tokens[:, i - 1: i], positions[:, None] + i - 1, kv)
+        out = step(session, decode, tokens[:, i - 1: i], positions[:, None] + i - 1, kv, adapter_ids=adapters)
         logits[:, i] = out[:, -1]
         tokens[:, i] = logits[:, i].argmax(-1)
     decode_seconds = time.perf_counter() - decode_start
@@ -97,13 +99,15 @@ def _rows(batch_size: int, prompts: Sequence[object]) -> list[list[int]]:
 
 
 def step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
-         kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None) -> np.ndarray:
+         kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None,
+         adapter_ids: Sequence[int] | None = None) -> np.ndarray:
     """``run_step``'s logits."""
-    return run_step(session, spec, ids, pos, kv, batch_index)[fmt.LOGITS]
+    return run_step(session, spec, ids, pos, kv, batch_index, adapter_ids)[fmt.LOGITS]
 
 
 def run_step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
-             kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None,
+             adapter_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """One run of a specialization; the retained KV outputs become the next step's past (in
     ``kv``). Returns the other outputs of the given rows by role (logits[, proposals]).
 
@@ -111,6 +115,7 @@ def run_step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: n
     Continuous batching: input row r uses KV row ``batch_index[r]`` (default: r). Speculative
     target: the logits of the last num_logits_to_keep valid positions come back (of a shape
     that is an upper bound: of at most as many positions as were fed), ``[:, -1]`` being the last one.
+    LoRA: row r uses adapter slot ``adapter_ids[r]`` (default: none, slot 0).
     """
     sig = session.program.signature
     rows = len(ids)
@@ -126,6 +131,11 @@ def run_step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: n
     kv_rows = None if batch_index is None else np.asarray(batch_index, dtype=np.int64).reshape(spec.batch_size, 1)
     if (index := sig.input(fmt.BATCH_INDEX)) is not None:
         feeds[index.name] = np.arange(spec.batch_size, dtype=np.int64)[:, None] if kv_rows is None else kv_rows
+    if (lora := sig.input(fmt.ADAPTER_IDS)) is not None:
+        slots = np.zeros((ids.shape[0], 1), dtype=np.int64)
+        if adapter_ids is not None:
+            slots[:rows, 0] = np.asarray(adapter_ids, dtype=np.int64).reshape(-1)[:rows]
+        feeds[lora.name] = slots
     if (keep := sig.input(fmt.LOGITS_TO_KEEP)) is not None:
         kept = int(spec.symbols.get("num_logits_to_keep", 1))
         feeds[keep.name] = np.zeros((min(kept, seq) if spec.upper_bound else kept, 1), dtype=np.int64)

@@ -36,14 +36,15 @@ POSITIONS = "positions"            # [batch, seq_len] int64; -1 marks padding (w
 PAST_KV = "past_kv"                # [kv_batch, kv_heads, ctx_len, head_dim] of one layer (``layer``, ``kv``)
 BATCH_INDEX = "batch_index"        # [batch, 1] int64: the KV row of each input row (continuous batching)
 LOGITS_TO_KEEP = "logits_to_keep"  # [n, 1]: only its length n matters (speculative target)
-ADAPTER_IDS = "adapter_ids"        # [batch, 1]: a LoRA adapter per row
+ADAPTER_IDS = "adapter_ids"        # [batch, 1] int64: each row's LoRA slot (0: none; adapter i: i + 1)
+LORA_WEIGHT = "lora_weight"        # [slots, in, rank] (lora_A.<module>) or [slots, rank, out] (lora_B.<module>)
 ATTENTION_MASK = "attention_mask"  # [batch, seq_len] (encoders)
 LOGITS = "logits"                  # [batch, n kept positions, vocab]
 RETAINED_KV = "retained_kv"        # the updated ``past_kv`` of a layer (``layer``, ``kv``)
 POOLED_OUTPUT = "pooled_output"    # [batch, hidden] (embeddings)
 HIDDEN_STATES = "hidden_states"    # [batch, seq_len, hidden]
 PROPOSALS = "proposals"            # [batch, n kept positions, heads] int64: a multi-projection speculator's next tokens
-INPUT_ROLES = (TOKEN_IDS, POSITIONS, PAST_KV, BATCH_INDEX, LOGITS_TO_KEEP, ADAPTER_IDS, ATTENTION_MASK)
+INPUT_ROLES = (TOKEN_IDS, POSITIONS, PAST_KV, BATCH_INDEX, LOGITS_TO_KEEP, ADAPTER_IDS, LORA_WEIGHT, ATTENTION_MASK)
 OUTPUT_ROLES = (LOGITS, RETAINED_KV, POOLED_OUTPUT, HIDDEN_STATES, PROPOSALS)
 KV_KINDS = ("key", "value")
 

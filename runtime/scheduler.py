@@ -30,6 +30,12 @@ class Request:
     index: int                 # the prompt's place in the input (results come back in this order)
     prompt_ids: list[int]
     max_new_tokens: int
+    adapter: int = 0           # its LoRA slot (runtime.adapters; 0: none), in a package with adapters
+
+
+def adapter_slots(rows: Sequence[Request | None]) -> list[int]:
+    """Each row's LoRA slot (0 for an empty row)."""
+    return [r.adapter if r is not None else 0 for r in rows]
 
 
 @dataclass
@@ -157,7 +163,7 @@ class Scheduler:
                 part = r.prompt_ids[first:first + chunk] if r else []
                 ids[i, :len(part)] = part
                 pos[i, :len(part)] = np.arange(first, first + len(part))
-            out = run_step(self.session, self.prefill, ids, pos, kv, batch_index)
+            out = run_step(self.session, self.prefill, ids, pos, kv, batch_index, adapter_slots(rows))
             for i, n in enumerate(lengths):
                 if n and first <= n - 1 < first + chunk:
                     for role, value in out.items():
@@ -177,7 +183,7 @@ class Scheduler:
             for i in live:
                 r, out = batch[i], results[batch[i].index]
                 ids[i, 0], pos[i, 0] = out.ids[-1], len(r.prompt_ids) + len(out.ids) - 1
-            logits = step(self.session, self.decode, ids, pos, kv, None)
+            logits = step(self.session, self.decode, ids, pos, kv, None, adapter_slots(rows))
             for i in live:
                 self._choose(batch[i], logits[i, -1], results[batch[i].index], samplers[batch[i].index])
 
@@ -201,7 +207,8 @@ class Scheduler:
                 if r is not None:
                     out = results[r.index]
                     ids[s, 0], pos[s, 0] = out.ids[-1], len(r.prompt_ids) + len(out.ids) - 1
-            logits = step(self.session, self.decode, ids, pos, kv, np.arange(len(slots), dtype=np.int64)[:, None])
+            logits = step(self.session, self.decode, ids, pos, kv, np.arange(len(slots), dtype=np.int64)[:, None],
+                          adapter_slots(slots))
             for s, r in enumerate(slots):
                 if r is not None:
                     self._choose(r, logits[s, -1], results[r.index], samplers[r.index])

@@ -110,11 +110,12 @@ class Streamer:
 def generate_texts(session: Session, tokenizer: Any, package_dir: str | Path, prompts: Sequence[str],
                    generation_len: int, chat: bool = False, sampling: SamplingParams = SamplingParams(),
                    on_token: Callable[[int, int], None] | None = None, proposer: Any = None,
-                   num_speculative_tokens: Any = None, target_model_name: str | None = None) -> ExecInfo:
+                   num_speculative_tokens: Any = None, target_model_name: str | None = None,
+                   adapter: int = 0) -> ExecInfo:
     """Tokenize, schedule, detokenize: the ExecInfo of one run over every prompt.
 
     ``proposer`` (runtime.speculative): speculative decoding with up to ``num_speculative_tokens``
-    (K, or a list: its largest) proposals a step."""
+    (K, or a list: its largest) proposals a step. ``adapter``: the LoRA slot of every prompt."""
     sampling.check()
     ids = encode(tokenizer, prompts, chat)
     if proposer is None:
@@ -125,7 +126,7 @@ def generate_texts(session: Session, tokenizer: Any, package_dir: str | Path, pr
         ks = num_speculative_tokens if isinstance(num_speculative_tokens, (list, tuple)) else [num_speculative_tokens]
         scheduler = SpeculativeScheduler(session, proposer, eos_ids(tokenizer, package_dir), sampling, on_token,
                                          None if ks == [None] else max(ks))
-    requests = [Request(i, p, generation_len) for i, p in enumerate(ids)]
+    requests = [Request(i, p, generation_len, adapter) for i, p in enumerate(ids)]
     run = scheduler.run(requests)
     texts = [tokenizer.decode(r.ids, skip_special_tokens=True) for r in run.results]
     speculative = None

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT, copy_store, run_pipeline, store_snapshot
 from test_ai100 import ENV, STANDIN
+from test_infer import DEVICE_ENV
 
 LENGTHS = "compile.seq_len=[16,64,256]"
 
@@ -89,6 +90,15 @@ def test_ai100_embedding_plan_and_validation(minilm_store, tmp_path):
     assert json.loads((t / "qpc" / "programqpc.bin").read_text())["inputs"] == ["attention_mask", "input_ids"]
     v = r.summary["validation"]
     assert v["passed"] and v["target"] == "onnx" and v["lengths_used"] == [16, 64, 256], v
+    # pipeline.embed runs an AI 100 package on the device: here through the qaicrt stand-in
+    # (tests/standin_qaicrt runs the ONNX handed to the compiler), at the compiled shapes.
+    texts = ["The cat sits on the mat.", "A dog plays in the park and then runs home quickly."]
+    device = run_pipeline(store, "texts=[" + ",".join(texts) + "]", LENGTHS, "hw=ai100_16c", f"hw.compiler={STANDIN}",
+                          model="minilm_l6", entry="pipeline.embed", env=DEVICE_ENV)
+    assert device.rc == 0, device.out + device.err
+    cpu = run_pipeline(store, "texts=[" + ",".join(texts) + "]", LENGTHS, model="minilm_l6", entry="pipeline.embed")
+    got, want = np.load(device.run_dir / "embeddings.npy"), np.load(cpu.run_dir / "embeddings.npy")
+    assert got.shape == (2, 384) and (got * want).sum(axis=1).min() >= 0.9999
 
 
 def test_pipeline_embed_writes_embeddings_in_order(minilm_store, tmp_path):

@@ -59,6 +59,26 @@ def test_smollm2_through_the_dynamo_exporter_validates(smollm2_store, hw):
         assert ops == expected and {(f.domain, f.name) for f in graph.functions} == expected, ops
 
 
+def test_smollm2_with_lora_adapters_equals_peft(smollm2_store, tmp_path):
+    """Two random LoRA adapters (peft) on the real model: each adapter's 32 greedy tokens equal the
+    PEFT model's in PyTorch (validation checks both, in one package)."""
+    from transformers import AutoConfig
+
+    from test_lora import make_adapters
+
+    checkpoint = next(smollm2_store.glob("trees/*/config.json")).parent  # the load stage's HF folder
+    base = AutoConfig.from_pretrained(checkpoint).to_dict()
+    adapters = make_adapters(tmp_path, base, [("qv", 8, ["q_proj", "v_proj"]), ("mlp", 8, ["up_proj", "down_proj"])],
+                             std=0.02)
+    r = run_pipeline(smollm2_store, "model.adapters={" + ", ".join(f"{k}: {v}" for k, v in adapters.items()) + "}",
+                     model="smollm2_135m", timeout=1500)
+    assert r.rc == 0, r.out + r.err
+    v = r.summary["validation"]
+    assert v["passed"] and set(v["adapters"]) == {"qv", "mlp"}, v
+    assert all(a["passed"] and a["tokens_compared"] == 32 for a in v["adapters"].values()), v
+    assert r.status()["load"] == "cached"
+
+
 def test_smollm2_speculative_decoding_gives_the_plain_greedy_tokens(smollm2_store):
     """Prompt lookup and the 8-layer draft on the real model give the plain package's greedy tokens;
     prompt lookup accepts several tokens a step on an edit. (Projection heads: tests/test_speculative.py.)"""

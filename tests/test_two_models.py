@@ -60,7 +60,7 @@ def test_a_two_model_pipeline_without_a_draft_model_is_bad_input(store):
     assert r.rc == 2, r.out + r.err
     assert r.err.strip().splitlines() == [
         "error: draft_model: not set; stage draft_load builds it; allowed: draft_model=<preset> "
-        "(llama3, smollm2_135m, smollm2_135m_draft, tiny_llama)"]
+        "(llama3, minilm_l6, smollm2_135m, smollm2_135m_draft, tiny_llama)"]
     assert store_snapshot(store) == before
 
 

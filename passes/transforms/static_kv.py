@@ -33,6 +33,12 @@ class StaticKvParams:
     speculator: Any = cfg_field("spd.speculator", None, kind="path")
     num_heads: Any = cfg_field("spd.num_speculative_tokens", None)
     seed: int = cfg_field("model.seed", 0)
+    # LoRA adapters as graph inputs (lora.py): only their largest rank and target modules shape the
+    # graph (filled by the resolve hook); the folders are read by the package.
+    adapters: Any = cfg_field("model.adapters", None, kind="note")
+    max_adapters: Any = cfg_field("compile.max_adapters", 8)
+    lora_rank: Any = None
+    lora_targets: Any = None
 
 
 @register_pass("static_kv", params=StaticKvParams, deps=("torch", "transformers"), materialize=False,
@@ -44,9 +50,10 @@ def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> A
     model = AutoModelForCausalLM.from_pretrained(
         Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
     )
+    lora = (tuple(params.lora_targets), int(params.lora_rank), int(params.max_adapters) + 1) if params.lora_rank else None
     return build_wrapper(model, continuous_batching=params.full_batch_size is not None,
                          speculative=params.num_speculative_tokens is not None, attention=params.attention,
-                         projections=_projections(model, params))
+                         projections=_projections(model, params), lora=lora)
 
 
 def _projections(model: Any, params: StaticKvParams) -> Any:
@@ -65,6 +72,7 @@ def _projections(model: Any, params: StaticKvParams) -> Any:
 
 @hook("static_kv", "check")
 def check(params: StaticKvParams, facts: Any = None) -> None:
+    check_adapters(params.adapters, params.max_adapters)
     if params.attention not in ATTENTIONS:
         raise UserError(f"hw.attention: {params.attention!r} is not allowed; allowed: {' | '.join(ATTENTIONS)}")
     if params.spd == MULTIPROJ and params.speculator is not None:
@@ -76,7 +84,40 @@ def check(params: StaticKvParams, facts: Any = None) -> None:
 
 @hook("static_kv", "resolve")
 def resolve(params: StaticKvParams) -> StaticKvParams:
-    return without_unused_heads(without_unused_variants(params))
+    return with_lora_shape(without_unused_heads(without_unused_variants(params)))
+
+
+def with_lora_shape(params: Any) -> Any:
+    """The adapters' largest rank and target modules (their configs: cheap); no adapters: no LoRA
+    inputs, and compile.max_adapters stays out of the key."""
+    import dataclasses
+
+    from passes.transforms import lora
+
+    if not params.adapters:
+        return dataclasses.replace(params, adapters=None, max_adapters=None, lora_rank=None, lora_targets=None)
+    rank, targets = lora.signature_of(dict(params.adapters))
+    return dataclasses.replace(params, lora_rank=rank, lora_targets=targets)
+
+
+def check_adapters(adapters: Any, max_adapters: Any) -> None:
+    """model.adapters: {name: PEFT LoRA folder}, at most compile.max_adapters of them. One-line UserError."""
+    from passes.transforms import lora
+
+    if not adapters:
+        return
+    if not isinstance(max_adapters, int) or isinstance(max_adapters, bool) or max_adapters < 1:
+        raise UserError(f"compile.max_adapters: {max_adapters!r} is not allowed; allowed: an integer >= 1")
+    if len(adapters) > max_adapters:
+        raise UserError(f"model.adapters: {len(adapters)} adapters is not allowed; allowed: at most "
+                        f"compile.max_adapters ({max_adapters}) per package")
+    for name, folder in dict(adapters).items():
+        if not str(name).isidentifier():
+            raise UserError(f"model.adapters: name {name!r} is not allowed; allowed: identifiers (letters, digits, _)")
+        try:
+            lora.read_config(name, folder)
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def without_unused_heads(params: StaticKvParams) -> StaticKvParams:
@@ -101,7 +142,7 @@ def without_unused_variants(params: Any) -> Any:
 
 
 def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bool = False,
-                  attention: str = "scatter", projections: Any = None) -> Any:
+                  attention: str = "scatter", projections: Any = None, lora: tuple | None = None) -> Any:
     """The static-KV module over an already loaded HF causal LM (eval mode, fp32).
 
     ``continuous_batching``: a ``batch_index`` input [batch, 1]; the KV tensors hold
@@ -112,6 +153,8 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     ``projections``: multi-projection speculator heads (projections.py); a ``proposals`` output
     [batch, n, heads] (the last one) holds, at each kept position, the tokens the heads
     predict after the one its logits choose.
+    ``lora``: (target modules, rank, slots): an ``adapter_ids`` input [batch, 1], then each
+    adapted Linear's stacked A and B weights as inputs (lora.py), after the other inputs.
     """
     import contextlib
 
@@ -119,7 +162,7 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     from transformers.cache_utils import Cache, CacheLayerMixin
 
     from passes.lib.hf_decoder import decoder_of, layers_of, modeling_module
-    from passes.transforms import ctx_ops, gqa, moe
+    from passes.transforms import ctx_ops, gqa, lora as lora_inputs, moe
 
     class ScatterLayer(CacheLayerMixin):
         """One layer's cache in the AI 100 convention: the new rows written into the past with CtxScatter
@@ -195,12 +238,18 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
             self.decoder.register_forward_hook(self._keep_positions)
             self.has_batch_index = has_batch_index
             self.has_num_logits_to_keep = has_num_logits_to_keep
+            self.lora_modules: list[tuple[str, int, int]] = []  # (path, in, out) of each adapted Linear
+            self.lora_rank = self.lora_slots = 0
 
         def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
             # (The varargs keep the name `past`: the dynamo exporter's dynamic_shapes refer to it.)
             past, extra = past[:2 * self.num_layers], list(past[2 * self.num_layers:])
             batch_index = extra.pop(0) if self.has_batch_index else None
             num_logits_to_keep = extra.pop(0) if self.has_num_logits_to_keep else None
+            adapters = None
+            if self.lora_modules:  # adapter_ids, then (A, B) of each adapted Linear
+                names = [n for path, _, _ in self.lora_modules for n in lora_inputs.input_names(path)]
+                adapters = lora_inputs.Step(extra[0], dict(zip(names, extra[1:])))
             ctx_len = past[0].shape[2]
             valid = position_ids >= 0
             if self.attention == "gqa":
@@ -222,7 +271,8 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
             self.keep_index = keep
             # The model's own head (lm_head, then any soft-cap or logit scale its forward applies) runs
             # on the kept positions only: the decoder's hook below hands it those.
-            with gqa.stepping(step, self.attention_module) if step else contextlib.nullcontext():
+            with gqa.stepping(step, self.attention_module) if step else contextlib.nullcontext(), \
+                    lora_inputs.stepping(adapters):
                 logits = self.model(
                     input_ids=input_ids,
                     attention_mask=self._mask(position_ids, ctx_len),
@@ -286,6 +336,9 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention, layout, projections).eval()
     if attention == "gqa":
         _rotate_in_attention(wrapper)
+    if lora is not None:
+        targets, wrapper.lora_rank, wrapper.lora_slots = lora
+        wrapper.lora_modules = lora_inputs.apply(model, targets)
     return wrapper
 
 

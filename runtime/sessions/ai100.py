@@ -49,6 +49,9 @@ class AI100Session:
             raise ValueError(f"{self.dir}: the package has no AI 100 program (backend {self.program.backend})")
         sig = self.program.signature
         self._kv_names = {v.name for v in sig.past_kv()} | {sig.retained(v).name for v in sig.past_kv()}
+        from runtime import adapters
+
+        self.adapters, self.lora = adapters.load(self.dir, sig)  # LoRA slots and weight inputs (fed every run)
 
         self._context = qaicrt.Context()
         self._queue = qaicrt.Queue(self._context, device_ids[0])
@@ -88,7 +91,7 @@ class AI100Session:
                 dims = [spec.symbols[d] if isinstance(d, str) else int(d) for d in v.shape]
                 self._dims[i] = (self._dims[i][0], dims)
                 self._buffers[i] = self._qaicrt.QBuffer(bytes(int(np.prod(dims)) * self._dims[i][0]))
-        for name, value in feeds.items():
+        for name, value in {**feeds, **self.lora}.items():
             if name in self._kv_names:
                 continue
             i = self._index[name]

@@ -78,6 +78,9 @@ class OrtSession:
                 by_file[file] = ort.InferenceSession(str(self.dir / file), session_options(options),
                                                      providers=["CPUExecutionProvider"])
             self.sessions[spec.name] = by_file[file]
+        from runtime import adapters
+
+        self.adapters, self.lora = adapters.load(self.dir, self.signature)  # LoRA slots and weight inputs (fed every run)
         self.keeps_kv = self.signature.kv_update == fmt.KV_IN_PLACE
         if self.keeps_kv:
             self._kv = host_kv(self.signature, self.program)
@@ -94,7 +97,7 @@ class OrtSession:
             kv_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         session = self.sessions[spec.name]
         if not self.keeps_kv:
-            values = session.run(self.output_names, dict(feeds))
+            values = session.run(self.output_names, {**feeds, **self.lora})
             return dict(zip(self.output_names, values))
         kv_rows = None if kv_rows is None else np.asarray(kv_rows).reshape(-1)
         ids = next(iter(feeds.values()))
@@ -123,6 +126,8 @@ class OrtSession:
             for name, buffer in self._view(first, first + rows).items():
                 binding.bind_ortvalue_input(name, buffer)
                 binding.bind_ortvalue_output(self._retained[name], buffer)
+            for name, weights in self.lora.items():
+                binding.bind_cpu_input(name, weights)
             symbols = {**spec.symbols, "batch_size": rows, "num_logits_to_keep": kept}
             results = {}
             for v in self._results:
@@ -146,7 +151,7 @@ class OrtSession:
         past = {name: np.ascontiguousarray(buffer[rows]) for name, buffer in self._kv.items()}
         results = [v.name for v in self._results]
         names = [*results, *(self._retained[n] for n in past)]
-        values = dict(zip(names, session.run(names, {**feeds, **past})))
+        values = dict(zip(names, session.run(names, {**feeds, **past, **self.lora})))
         for name in past:
             self._kv[name][rows] = values[self._retained[name]]
         return {name: values[name] for name in results}

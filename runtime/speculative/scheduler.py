@@ -20,6 +20,7 @@ import numpy as np
 
 from runtime import package_format as fmt
 from runtime.generate import PAD_POSITION, run_step
+from runtime.scheduler import adapter_slots
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request, Scheduler
 from runtime.session import Session
@@ -114,7 +115,7 @@ class SpeculativeScheduler(Scheduler):
             ids[i, :n] = [context[-1], *proposed]
             pos[i, :n] = np.arange(len(context) - 1, len(context) - 1 + n)
         started = time.perf_counter()
-        out = run_step(self.session, spec, ids, pos, kv, batch_index)
+        out = run_step(self.session, spec, ids, pos, kv, batch_index, adapter_slots(rows))
         self.target_seconds += time.perf_counter() - started
         self.iterations += 1
         kept = out[fmt.LOGITS].shape[1]

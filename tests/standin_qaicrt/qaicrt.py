@@ -103,7 +103,7 @@ class ExecObj:
                 continue
             data = np.frombuffer(self.buffers[b["index"]], dtype=AIC_TO_NUMPY[b["type"]])
             feeds[b["name"]] = data.reshape(self.dims[b["index"]][1])
-        if not self.state:
+        if not self.state and any(b["name"].startswith("past_") for b in bindings):  # an encoder has no KV state
             ctx, fbs = p.qpc.shapes[0]["ctx_len"], p.qpc.shapes[0].get("full_batch_size", feeds["input_ids"].shape[0])
             d = p.qpc.io["dims"]
             self.state = {b["name"]: np.zeros((fbs, d["num_kv_heads"], ctx, d["head_dim"]), np.float32)

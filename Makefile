@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/python -m pipeline
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: setup
 	$(BIN)/python bench/cached_run.py

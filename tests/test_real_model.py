@@ -33,34 +33,23 @@ def test_smollm2_package_tokens_equal_the_reference(smollm2_store):
     assert " Paris" in p.stdout
 
 
-@pytest.mark.parametrize("hw", ["cpu", "ai100_16c"])
-def test_smollm2_through_the_dynamo_exporter_validates(smollm2_store, hw):
-    """export.dynamo=true on the real model: the CPU program (GroupQueryAttention) and the AI 100
-    graph (the compiler's KV functions and CustomRMSNorm; compiled by the stand-in, validated on
-    its ONNX) give the reference's 32 greedy tokens. The TorchScript exporter: the test above."""
+def test_smollm2_through_the_dynamo_exporter_validates(smollm2_store):
+    """export.dynamo=true on the real model: the CPU program (GroupQueryAttention) gives the
+    reference's 32 greedy tokens. The TorchScript exporter: the test above; the AI 100 graph through
+    the dynamo exporter (its Ctx functions): tests/test_exporters.py and test_graph_variants.py."""
     import onnx
 
-    from test_ai100 import ENV, STANDIN
-
-    compiler = [f"hw.compiler={STANDIN}"] if hw != "cpu" else []
-    r = run_pipeline(smollm2_store, "export.dynamo=true", "export.opset=18", f"hw={hw}", *compiler,
-                     model="smollm2_135m", timeout=1500, env=ENV)
+    r = run_pipeline(smollm2_store, "export.dynamo=true", "export.opset=18", model="smollm2_135m", timeout=1500)
     assert r.rc == 0, r.out + r.err
     assert r.status()["export"] == "ran" and r.status()["load"] == "cached", r.status()
     v = r.summary["validation"]
     assert v["passed"] and v["tokens_compared"] >= 32 and v["max_abs_logit_diff"] < 1e-3, v
     graph = onnx.load(str(smollm2_store / "trees" / r.stage("rewrite")["digest"] / "model.onnx"), load_external_data=False)
-    ops = {(n.domain, n.op_type) for n in graph.graph.node if n.domain}
-    if hw == "cpu":
-        assert ops == {("com.microsoft", "GroupQueryAttention")}, ops
-    else:
-        expected = {("com.qualcomm.cloud", "CtxScatter"), ("com.qualcomm.cloud", "CtxGather"),
-                    ("com.qti.aisw.onnx", "CustomRMSNorm")}
-        assert ops == expected and {(f.domain, f.name) for f in graph.functions} == expected, ops
+    assert {(n.domain, n.op_type) for n in graph.graph.node if n.domain} == {("com.microsoft", "GroupQueryAttention")}
 
 
 def test_smollm2_with_lora_adapters_equals_peft(smollm2_store, tmp_path):
-    """Two random LoRA adapters (peft) on the real model: each adapter's 32 greedy tokens equal the
+    """Two random LoRA adapters (peft) on the real model: each adapter's 16 greedy tokens equal the
     PEFT model's in PyTorch (validation checks both, in one package)."""
     from transformers import AutoConfig
 
@@ -71,11 +60,11 @@ def test_smollm2_with_lora_adapters_equals_peft(smollm2_store, tmp_path):
     adapters = make_adapters(tmp_path, base, [("qv", 8, ["q_proj", "v_proj"]), ("mlp", 8, ["up_proj", "down_proj"])],
                              std=0.02)
     r = run_pipeline(smollm2_store, "model.adapters={" + ", ".join(f"{k}: {v}" for k, v in adapters.items()) + "}",
-                     model="smollm2_135m", timeout=1500)
+                     "validate.max_new_tokens=16", model="smollm2_135m", timeout=1500)
     assert r.rc == 0, r.out + r.err
     v = r.summary["validation"]
     assert v["passed"] and set(v["adapters"]) == {"qv", "mlp"}, v
-    assert all(a["passed"] and a["tokens_compared"] == 32 for a in v["adapters"].values()), v
+    assert all(a["passed"] and a["tokens_compared"] == 16 for a in v["adapters"].values()), v
     assert r.status()["load"] == "cached"
 
 

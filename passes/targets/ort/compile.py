@@ -67,6 +67,10 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
             result = {"identity_reshapes_dropped": graph.drop_identity_reshapes(model, shapes)}
             model, result["skip_norms_fused"] = graph.fuse_norms(model)
             result["qkv_packed"] = graph.pack_qkv(model)
+        else:  # an encoder's Linear layers: the bias inside the GEMM
+            from passes.targets.ort import graph
+
+            model, result["bias_gemms"] = graph.bias_gemms(model)
         onnx_files.save_ir(model, out)
         result["nodes"] = sum(1 for _ in model.graph)
         del model

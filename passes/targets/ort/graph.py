@@ -85,6 +85,32 @@ def fuse_norms(model: Any) -> tuple[Any, int]:
     return model, fused
 
 
+def bias_gemms(model: Any) -> tuple[Any, int]:
+    """MatMul of a 3D activation by a 2D weight, plus a 1D bias -> Gemm over the flattened rows
+    (bias added inside the GEMM, not in a separate pass over its output), reshaped back.
+    ONNX Runtime fuses MatMul + Add into Gemm only for 2D inputs; an encoder's Linear layers run
+    on [batch, seq, hidden]. Returns the model and how many were rewritten."""
+    from onnxscript import rewriter
+    from onnxscript.rewriter import pattern
+
+    def target(op: Any, x: Any, w: Any, b: Any) -> Any:
+        return op.Add(op.MatMul(x, w), b)
+
+    def fits(context: Any, x: Any, w: Any, b: Any, **_: Any) -> bool:
+        return (w.const_value is not None and b.const_value is not None and len(w.shape or ()) == 2
+                and len(b.shape or ()) == 1 and x.shape is not None and len(x.shape) == 3)
+
+    def replacement(op: Any, x: Any, w: Any, b: Any, **_: Any) -> Any:
+        rows = op.Reshape(x, op.Constant(value_ints=[-1, w.shape[0]]))
+        leading = op.Slice(op.Shape(x), op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+        shape = op.Concat(leading, op.Constant(value_ints=[w.shape[1]]), axis=0)
+        return op.Reshape(op.Gemm(rows, w, b), shape)
+
+    rule = pattern.RewriteRule(target, replacement, fits, name="BiasGemm")
+    model = rewriter.rewrite(model, pattern.RewriteRuleSet([rule], commute=True))
+    return model, sum(1 for n in model.graph if n.op_type == "Gemm")
+
+
 def drop_identity_reshapes(model: Any, shapes: dict[str, tuple]) -> int:
     """Remove Reshape chains whose output has, symbolically, the shape of their input; return how many.
 

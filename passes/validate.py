@@ -63,10 +63,8 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
     failures = [] if result["passed"] else [result.pop("failure")]
     # Each LoRA adapter against its own PEFT reference (adapters/<name>/), in its slot.
     from passes.reference import ADAPTERS
-    from runtime import adapters
 
-    slots, _ = adapters.load(package, session.program.signature)
-    for name, slot in slots.items():
+    for name, slot in session.adapters.items():  # the session loaded the package's adapters.json
         folder = reference / ADAPTERS / name
         adapted = _compare(session, ids, json.loads((folder / "reference.json").read_text())["tokens"],
                            np.load(folder / "logits.npy"), params, gated, out, f"validation.{name}.json", slot)

@@ -120,14 +120,18 @@ def s3(tmp_path_factory):
     Buckets: ``builds`` (remote store tests), ``packages`` (publishing tests)."""
     weed = shutil.which("weed", path=str(Path(sys.executable).parent))
     data = tmp_path_factory.mktemp("seaweed")
+    log = data.parent / f"{data.name}.log"
     taken: set[int] = set()
     port = free_port(taken)
     ports = [free_port(taken) for _ in range(3)]
     proc = subprocess.Popen([weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                              f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
                              "-s3", f"-s3.port={port}", "-master.volumeSizeLimitMB=64",
+                             # the S3 gateway's side servers listen on fixed ports: off, or a second
+                             # test worker's SeaweedFS exits on "address already in use"
+                             "-s3.port.iceberg=0", "-s3.port.lance=0",
                              "-volume.max=0"],  # volumes by free disk (8 by default: two buckets can exhaust them)
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     env = {"AWS_ACCESS_KEY_ID": "pipeline-test", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
     import s3fs
@@ -136,7 +140,8 @@ def s3(tmp_path_factory):
                            config_kwargs={"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}})
     for _ in range(60):
         if proc.poll() is not None:
-            pytest.fail(f"SeaweedFS exited with {proc.returncode}")
+            fatal = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("F")]
+            pytest.fail(f"SeaweedFS exited with {proc.returncode}: {fatal[:2]} (log: {log})")
         try:
             fs.mkdir("builds")
             break

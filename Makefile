@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/model_coverage.py
 	$(BIN)/python bench/export_memory.py
 	$(BIN)/python bench/embedding.py
+	$(BIN)/python bench/serving.py
 
 clean-venv:
 	rm -rf $(VENV)

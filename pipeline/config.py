@@ -179,6 +179,21 @@ class EmbedConfig(Config):
 
 
 @dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    package: Optional[str] = None   # a package folder to serve as it is; null: build (or reuse) the config's
+
+
+@dataclass
+class ServeConfig(Config):
+    """``python -m pipeline.serve``: the build's config (or ``serve.package``), where to listen, default sampling."""
+
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # a request's temperature/top_p/seed override these
+
+
+@dataclass
 class PublishConfig(Config):
     """``python -m pipeline.publish``: the build's config plus where to publish its package (pipeline.store.publications)."""
 
@@ -211,7 +226,8 @@ def register(config_name: str = "config") -> None:
             cs.store(group="hw_schema", name=target, node=schema)
         _registered.add("targets")
     schemas = {"config": ("base_config", Config), "infer": ("infer_config", InferConfig),
-               "publish": ("publish_config", PublishConfig), "embed": ("embed_config", EmbedConfig)}
+               "publish": ("publish_config", PublishConfig), "embed": ("embed_config", EmbedConfig),
+               "serve": ("serve_config", ServeConfig)}
     if config_name in schemas and config_name not in _registered:
         cs.store(name=schemas[config_name][0], node=schemas[config_name][1])
         _registered.add(config_name)
@@ -221,6 +237,9 @@ def register(config_name: str = "config") -> None:
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
     if not OmegaConf.has_resolver("min"):  # e.g. the cpu preset's prefill chunk: ${min:128,${compile.ctx_len}}
         OmegaConf.register_new_resolver("min", lambda *values: min(values))
+    if not OmegaConf.has_resolver("max"):  # e.g. the embedding preset's ctx_len: ${max:${compile.seq_len}} (a list, or one)
+        OmegaConf.register_new_resolver("max", lambda *values: max(
+            x for v in values for x in (v if isinstance(v, (list, tuple)) or OmegaConf.is_list(v) else [v])))
 
 
 def check_config(cfg: Any) -> None:

@@ -109,7 +109,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if not result.ok or result.package is None:
         return finish_job(run_dir, 1, summary, None)
     try:
-        info = _generate(cfg, result.package, prompts, sampling, result.packages.get("draft_model"))
+        info = generate_with(cfg, result.package, prompts, sampling, result.packages.get("draft_model"))
     except UserError as exc:
         return finish_job(run_dir, 2, {**summary, "error": str(exc)}, str(exc))
     except Exception as exc:  # noqa: BLE001 - a generation failure is reported like a stage failure
@@ -123,7 +123,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return finish_job(run_dir, 0, {**summary, "exec_info": str(path)}, None)
 
 
-def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft: Path | None = None) -> Any:
+def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft: Path | None = None,
+                  tokenizer: Any = None) -> Any:
+    """Generate with a built package as ``cfg`` says (spd, stream, generation_len, chat, adapter);
+    the ExecInfo. UserError for what the package cannot do here."""
     from runtime import package_format as fmt
     from runtime.sessions import open_session
     from runtime.textgen import Streamer, generate_texts
@@ -145,7 +148,7 @@ def _generate(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft:
             draft_session = None
     except ImportError as e:
         raise UserError(f"hw.target: {program.build.get('hw', {}).get('target')!r} needs the Cloud AI 100 runtime here; {e}") from None
-    tokenizer = load_tokenizer(package)
+    tokenizer = tokenizer or load_tokenizer(package)
     on_token = Streamer(tokenizer, len(prompts)) if cfg.stream else None
     generation_len = cfg.generation_len or program.ctx_len
     try:

@@ -88,6 +88,7 @@ class Scheduler:
         self.sampling = sampling
         self.on_token = on_token
         self.prefill = self.program.spec(fmt.PREFILL)
+        self._clock: dict[str, float | None] = {"started": None, "first": None}
         self.decode = self.program.decode_spec(1)
         if self.prefill is None:
             raise ValueError(f"the package has no prefill specialization ({[s.name for s in self.program.specializations]})")

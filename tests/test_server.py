@@ -1,0 +1,195 @@
+"""``python -m pipeline.serve`` in a real subprocess, driven by the official ``openai`` client over localhost."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, free_port, run_pipeline
+
+MODEL = "tiny_llama"
+
+
+class Server:
+    def __init__(self, store: Path, *overrides: str, model: str = MODEL, entry_log: Path | None = None):
+        self.port = free_port(set())
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = entry_log or store.parent / f"serve-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serve", f"model={model}", f"store.root={store}", f"serve.port={self.port}",
+             f"hydra.run.dir={store.parent / f'serve-run-{self.port}'}", *overrides],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+        deadline = time.time() + 300
+        while not self.health():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.time() < deadline, self.log.read_text()
+            time.sleep(0.3)
+
+    def health(self) -> dict | None:
+        import httpx2 as httpx
+
+        try:
+            r = httpx.get(self.url + "/health", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("serve") / "store"
+    s = Server(store, "compile.ctx_len=128")
+    yield s
+    s.stop()
+
+
+def complete(client, prompt: str = "My name is", **kw) -> str:
+    return client.completions.create(model=MODEL, prompt=prompt, **kw).choices[0].text
+
+
+def test_completions_streaming_and_chat_agree_with_the_package(server):
+    c = server.client()
+    assert [m.id for m in c.models.list()] == [MODEL]
+    assert server.health()["slots"] == 4  # compile.full_batch_size: 4 for serving
+    r = c.completions.create(model=MODEL, prompt="My name is", max_tokens=24)
+    text = r.choices[0].text
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 24 and r.usage.prompt_tokens == 3
+    # the same tokens as the package run by pipeline.infer (greedy)
+    store = Path(server.proc.args[4].split("=", 1)[1])
+    ran = run_pipeline(store, "compile.ctx_len=128", "compile.full_batch_size=4", "prompt=My name is",
+                       "generation_len=24", entry="pipeline.infer")
+    assert ran.rc == 0 and ran.exec_info["generated_texts"] == [text], ran.err
+    stream = c.completions.create(model=MODEL, prompt="My name is", max_tokens=24, stream=True)
+    chunks = [ch.choices[0] for ch in stream]
+    assert "".join(ch.text for ch in chunks) == text and chunks[-1].finish_reason == "length" and len(chunks) > 5
+    # several prompts: one choice each
+    r = c.completions.create(model=MODEL, prompt=["My name is", "The capital of France is"], max_tokens=24)
+    assert [ch.index for ch in r.choices] == [0, 1] and r.choices[0].text == text
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a compiler?"}]
+    chat = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=20)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].finish_reason == "length"
+    streamed = "".join(x.choices[0].delta.content or "" for x in
+                       c.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, stream=True))
+    assert streamed == chat.choices[0].message.content
+
+
+def test_stop_strings_sampling_and_limits(server):
+    c = server.client()
+    text = complete(c, max_tokens=24)
+    stop = text[6:10]
+    r = c.completions.create(model=MODEL, prompt="My name is", max_tokens=24, stop=[stop, "never-there"])
+    assert r.choices[0].text == text[:text.index(stop)] and r.choices[0].finish_reason == "stop"
+    streamed = "".join(ch.choices[0].text for ch in
+                       c.completions.create(model=MODEL, prompt="My name is", max_tokens=24, stop=stop, stream=True))
+    assert streamed == r.choices[0].text
+    sampled = [complete(c, max_tokens=16, temperature=0.9, top_p=0.9, seed=7) for _ in range(2)]
+    assert sampled[0] == sampled[1] != complete(c, max_tokens=16)
+    assert complete(c, max_tokens=16, temperature=0.9, seed=8) != sampled[0]
+    long = c.completions.create(model=MODEL, prompt="My name is", max_tokens=500)
+    # the context holds the prompt and every new token but the last (which needs no KV row)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 128 - 3 + 1
+
+
+def test_concurrent_clients_share_the_slots(server):
+    """16 clients at once get the text each gets alone, in at most half the time of 16 requests one after another."""
+    c = server.client()
+    prompts = [f"Request number {i} says" for i in range(16)]
+    one = lambda p: complete(c, p, max_tokens=48)  # noqa: E731
+    one(prompts[0])  # warm-up
+    started = time.perf_counter()
+    serial = [one(p) for p in prompts]
+    serial_s = time.perf_counter() - started
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        started = time.perf_counter()
+        together = list(pool.map(one, prompts))
+        together_s = time.perf_counter() - started
+    assert together == serial
+    assert together_s <= 0.5 * serial_s, (together_s, serial_s)
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
+    import httpx2 as httpx
+    import openai
+
+    c = server.client()
+    cases = [
+        (dict(model="nope", prompt="x"), openai.NotFoundError, "model: 'nope' does not exist"),
+        (dict(model=MODEL, prompt="x", max_tokens=-1), openai.BadRequestError, "max_tokens: -1 is not allowed"),
+        (dict(model=MODEL, prompt="word " * 300), openai.BadRequestError, "prompt: 301 tokens is not allowed"),
+        (dict(model=MODEL, prompt="x", n=2), openai.BadRequestError, "n: 2 is not allowed"),
+        (dict(model=MODEL, prompt="x", temperature=-0.5), openai.BadRequestError, "temperature: -0.5 is not allowed"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error) as e:
+            c.completions.create(**kwargs)
+        assert e.value.body["message"].startswith(message), e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        c.embeddings.create(model=MODEL, input="x")
+    assert "is a causal_lm package" in e.value.body["message"]
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body is not valid JSON")
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert httpx.get(server.url + "/v1/nowhere").status_code == 404
+    assert complete(c, max_tokens=4) and server.health()["status"] == "ok"
+
+
+def test_a_client_gone_mid_stream_frees_its_slot(server):
+    import httpx2 as httpx
+
+    body = {"model": MODEL, "prompt": "My name is", "max_tokens": 120, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+        for i, _line in enumerate(r.iter_lines()):
+            if i >= 4:
+                break
+    deadline = time.time() + 30
+    while server.health()["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert server.health()["running"] == 0
+
+
+def test_an_embedding_package_serves_embeddings(tmp_path):
+    from runtime.embed import Embedder
+
+    store = tmp_path / "store"
+    s = Server(store, "pipeline=embedding", "compile.seq_len=[16,64]", "compile.batch_size=4", model="minilm_l6")
+    try:
+        texts = ["A first sentence.", "A second one, about serving embeddings over HTTP."]
+        c = s.client()
+        got = c.embeddings.create(model="minilm_l6", input=texts)  # the client asks for base64
+        floats = c.embeddings.create(model="minilm_l6", input=texts, encoding_format="float")
+        vectors = np.array([d.embedding for d in got.data], dtype=np.float32)
+        assert vectors.shape == (2, 384) and np.allclose(vectors, [d.embedding for d in floats.data], atol=1e-6)
+        package = next(p.parent for p in (store / "trees").glob("*/manifest.json")
+                       if json.loads(p.read_text())["kind"] == "embedding")
+        want = Embedder(package).embed(texts).embeddings
+        assert np.allclose(vectors, want, atol=1e-5) and got.usage.prompt_tokens > 0
+    finally:
+        s.stop()
+    assert "serving 'minilm_l6' (embedding" in s.log.read_text()
+    # a package folder served as it is, with no build
+    s = Server(tmp_path / "other-store", f"serve.package={package}", model="minilm_l6")
+    try:
+        again = s.client().embeddings.create(model="minilm_l6", input=texts, encoding_format="float")
+        assert np.allclose([d.embedding for d in again.data], vectors, atol=1e-6)
+    finally:
+        s.stop()
+    assert not (tmp_path / "other-store" / "trees").exists()
+    r = run_pipeline(tmp_path / "other-store", f"serve.package={tmp_path}", entry="pipeline.serve")
+    assert r.rc == 2 and r.err.strip().splitlines()[-1].startswith(f"error: serve.package: '{tmp_path}' is not allowed")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.fingerprint import code_digests
+from pipeline.pass_api import UserError
 from pipeline.pass_api import PassSpec, bound_path
 from pipeline.store.digests import canonical_json, hash_json
 from pipeline.store.memo import DigestMemo
@@ -44,12 +45,22 @@ def canonical_params(params: Any, memo: DigestMemo | None) -> tuple[dict[str, An
             value = value is not None
         if kind == "path" and value is not None:
             locations[path] = str(Path(value).absolute())
-            value = "sha256:" + (memo or DigestMemo(None)).path(Path(value))
+            value = "sha256:" + _content_digest(memo, path, value)
         if kind == "paths" and value:  # {name: path} (e.g. model.adapters): each by content digest, like kind="path"
             locations.update({f"{path}.{name}": str(Path(p).absolute()) for name, p in dict(value).items()})
-            value = {name: "sha256:" + (memo or DigestMemo(None)).path(Path(p)) for name, p in dict(value).items()}
+            value = {name: "sha256:" + _content_digest(memo, f"{path}.{name}", p) for name, p in dict(value).items()}
         keyed[path] = value
     return json.loads(canonical_json(keyed)), locations  # tuples -> lists, as records hold them
+
+
+def _content_digest(memo: DigestMemo | None, key: str, value: Any) -> str:
+    """The digest of a file or folder a param names; UserError naming the key and the file it cannot take."""
+    try:
+        return (memo or DigestMemo(None)).path(Path(value))
+    except (OSError, ValueError) as e:
+        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        raise UserError(f"{key}: {str(value)!r} is not allowed ({reason}); allowed: readable regular files "
+                        "(copy a folder of links with cp -rL)") from None
 
 
 def ingredients(spec: PassSpec, keyed_params: dict[str, Any], input_digests: dict[str, str]) -> dict[str, Any]:

@@ -10,12 +10,14 @@ that root's key (``draft_model.path``).
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
@@ -37,6 +39,17 @@ class BuildPlan:
     remote: dict[str, Any] | None = None  # store.remote: {"url", "options", "push"} (pipeline.store.remote)
 
 
+def config_error(exc: BaseException) -> str:
+    """An OmegaConf error met while reading the config (a value of the wrong type, an
+    interpolation that does not resolve) as one line naming the key."""
+    key = getattr(exc, "full_key", None) or "config"
+    text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+    m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", text)
+    if m:
+        return f"{key}: {m.group(1)!r} is not allowed; allowed: a value of type {m.group(2)}"
+    return f"{key}: {text}; allowed: a value of the key's type, or an interpolation that resolves"
+
+
 def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Sequence[str] = ("model",)) -> BuildPlan:
     """The checked plan; ``resolve=False`` checks only (no hub lookups, no compiler discovery).
 
@@ -44,6 +57,13 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Se
     ``model``; speculative decoding with a draft: both), and what they need
     (``python -m pipeline.infer`` needs no reference and no validation).
     """
+    try:
+        return _prepare(cfg, resolve, goals, roles)
+    except OmegaConfBaseException as exc:
+        raise UserError(config_error(exc)) from None
+
+
+def _prepare(cfg: Any, resolve: bool, goals: Sequence[str], roles: Sequence[str]) -> BuildPlan:
     check_config(cfg)
     g = build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
     if goals:
@@ -53,7 +73,10 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Se
                             f"allowed: a pipeline with a {goals[0]} stage")
         g = g.subgraph(set(wanted).union(*(g.ancestors(n) for n in wanted)))
     stages = stage_order(g)
-    force = frozenset(cfg.pipeline.force)
+    given = cfg.pipeline.force
+    if not OmegaConf.is_list(given) or not all(isinstance(name, str) for name in given):
+        raise UserError(f"pipeline.force: {given!r} is not allowed; allowed: a list of stage names ({', '.join(g.stages)})")
+    force = frozenset(given)
     for name in force:
         if name not in g.stages and not goals:
             raise UserError(f"pipeline.force: {name!r} is not a stage; allowed: {', '.join(g.stages)}")
@@ -70,8 +93,11 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Se
     for stage in stages:
         try:
             p = params_from_config(stage.spec.params, cfg, stage.bind, stage.overrides)
+        except OmegaConfBaseException:
+            raise
         except (TypeError, ValueError) as exc:
-            raise UserError(f"pipeline.stages.{stage.name}: its parameters do not fit pass {stage.spec.name} ({exc})") from exc
+            detail = " ".join(str(exc).split())
+            raise UserError(f"pipeline.stages.{stage.name}: its parameters do not fit pass {stage.spec.name} ({detail})") from exc
         try:
             if stage.spec.check:
                 stage.spec.check(p, facts.get(stage.role))

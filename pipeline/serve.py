@@ -82,7 +82,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         _say(f"serving {name!r} ({served.kind}, {served.slots} slots) from {package} on http://{host}:{port}/v1")
 
     app = create_app(package, name, sampling, on_ready=ready)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    # requests still running at SIGTERM/Ctrl-C get 5 s, then the server stops anyway
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind the port

@@ -341,3 +341,43 @@ def file_entries(folder: Path, skip: Iterable[str] = (MANIFEST,)) -> dict[str, d
     folder, skip = Path(folder), set(skip)
     return {p.relative_to(folder).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() not in skip}
+
+
+# ---- checking a package against its manifest
+VERIFY_MAX_BYTES = 2 << 30  # packages up to this size are checked on load by default (SHA-256 reads ~0.5 GB/s here)
+
+
+class PackageDamaged(ValueError):
+    """A package file differs from its manifest (missing, resized, or other content)."""
+
+
+def damaged_files(folder: Path, manifest: Manifest | None = None) -> list[str]:
+    """One line per file that differs from the manifest's sha256 and size (empty: intact)."""
+    folder = Path(folder)
+    manifest = manifest or read_manifest(folder)
+    problems = []
+    for rel, entry in sorted(manifest.files.items()):
+        path = folder / rel
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            problems.append(f"{rel}: {e.strerror.lower()}")
+            continue
+        if size != entry.get("bytes"):
+            problems.append(f"{rel}: {size} bytes, the manifest says {entry.get('bytes')}")
+        elif file_sha256(path) != entry.get("sha256"):
+            problems.append(f"{rel}: its sha256 differs from the manifest's")
+    return problems
+
+
+def check_package(folder: Path, verify: bool | None = None) -> None:
+    """PackageDamaged (one line) if a file differs from the manifest. ``verify`` None: check
+    packages of up to VERIFY_MAX_BYTES; True: always; False: never."""
+    manifest = read_manifest(folder)
+    if verify is None:
+        verify = sum(int(e.get("bytes", 0)) for e in manifest.files.values()) <= VERIFY_MAX_BYTES
+    if verify:
+        problems = damaged_files(folder, manifest)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise PackageDamaged(f"{folder}: damaged: {problems[0]}{more}; rebuild it (or fetch it again)")

@@ -25,6 +25,9 @@ HUB_TIMEOUT_S = 4.0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SOURCES = ("hub", "local", "gguf", "random")
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings", "n_layer", "n_embd", "n_head", "n_positions",
+               "n_inner", "n_ctx", "num_layers", "num_heads", "d_model", "ffn_dim", "num_kv_heads", "max_seq_len")
 DTYPES = ("float32",)
 
 
@@ -93,6 +96,12 @@ def check(params: LoadParams, facts: Any = None) -> None:
         raise UserError(f"model.dtype: {params.dtype!r} is not allowed; allowed: {' | '.join(DTYPES)}")
     if src == "hub" and not params.hf_id:
         raise UserError(f"model.hf_id: {params.hf_id!r} is not allowed; source=hub needs a hub id like org/name")
+    if params.hf_config is not None and not isinstance(params.hf_config, Mapping):
+        raise UserError(f"model.hf_config: {params.hf_config!r} is not allowed; allowed: an inline HF config (a mapping "
+                        "naming model_type), or {} (source=local, gguf or hub)")
+    if src in ("random", "hub") and params.path is not None:
+        raise UserError(f"model.path: {params.path!r} is not allowed for source={src}; allowed: null (a path is read "
+                        "by source=local or gguf only)")
     if src in ("local", "gguf") and not params.path:
         raise UserError(f"model.path: {params.path!r} is not allowed; source={src} needs a path")
     if src == "local":
@@ -112,6 +121,10 @@ def check(params: LoadParams, facts: Any = None) -> None:
     if src == "hub" and (not params.hf_id or params.hf_id.count("/") > 1):
         raise UserError(f"model.hf_id: {params.hf_id!r} is not allowed; allowed: a hub id like org/name")
     if src == "random":
+        for name in SIZE_FIELDS:  # the sizes the facts hook and transformers compute with
+            value = (params.hf_config or {}).get(name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 1 << 40):
+                raise UserError(f"model.hf_config.{name}: {value!r} is not allowed; allowed: an integer >= 1")
         model_type = (params.hf_config or {}).get("model_type")
         if not model_type:
             raise UserError(f"model.hf_config.model_type: {model_type!r} is not allowed; allowed: an inline HF config naming model_type")

@@ -32,12 +32,18 @@ def hash_file(path: Path) -> str:
 def tree_files(root: Path) -> list[str]:
     """Relative paths of the regular files under root, sorted (symlinks are refused)."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip the folder silently
+        raise error
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
-        for name in filenames:
+        for name in dirnames + filenames:  # os.walk lists a link to a folder with the folders, and does not follow it
             p = Path(dirpath) / name
             if p.is_symlink():
-                raise ValueError(f"{p}: symlinks are not allowed in stage outputs")
+                raise ValueError(f"{p}: a symbolic link (the store takes regular files only)")
+        for name in filenames:
+            p = Path(dirpath) / name
             out.append(p.relative_to(root).as_posix())
     return sorted(out)
 

@@ -128,6 +128,7 @@ class Store:
             for rel, d in digests.items():
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.link(self.blob_path(d), staging / rel)
+                self.memo.note(self.blob_path(d), content_digest(d))  # checked by the caller; a new link moved its ctime
             for dirpath, _dirs, _files in os.walk(staging, topdown=False):
                 os.chmod(dirpath, READ_EXECUTE)
             if tree.exists():  # damaged: set aside, never served
@@ -159,7 +160,7 @@ class Store:
         else:
             os.chmod(src, mode)
             os.replace(src, blob)
-        self.memo.file(blob)
+        self.memo.note(blob, content_digest(file_id))  # hashed by the caller; moved and chmod-ed since
 
     def _tree_matches(self, tree: Path, digests: dict[str, str]) -> bool:
         """The tree holds exactly these files, each the same file as its blob (hard links)."""

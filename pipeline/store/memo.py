@@ -82,7 +82,12 @@ def default_memo_path(root: Path, fstype: str | None = None) -> Path:
 
 
 class DigestMemo:
-    """File digests remembered by (device, inode, size, mtime_ns) in SQLite; safe across processes.
+    """File digests remembered by (device, inode, size, mtime_ns, ctime_ns) in SQLite; safe across processes.
+
+    The ctime is what catches a file rewritten with its mtime put back (``touch -d``, an editor
+    that keeps times, a careless edit of a read-only tree): no user call sets it, and writing or
+    restoring an mtime moves it. It moves on a new hard link too (a tree placed), which costs
+    one more hash of that file, once.
 
     A cache, never a reason to fail: a database another process holds locked past the retries
     (SQLite's busy timeout does not cover switching to WAL or creating the table) or one that
@@ -115,8 +120,8 @@ class DigestMemo:
     def _setup(db: sqlite3.Connection) -> None:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # persistent: set once per database
             db.execute("PRAGMA journal_mode=WAL")  # a local disk, by construction
-        db.execute("CREATE TABLE IF NOT EXISTS memo (dev INTEGER, inode INTEGER, size INTEGER,"
-                   " mtime INTEGER, digest TEXT, PRIMARY KEY (dev, inode))")
+        db.execute("CREATE TABLE IF NOT EXISTS digests (dev INTEGER, inode INTEGER, size INTEGER,"
+                   " mtime INTEGER, ctime INTEGER, digest TEXT, PRIMARY KEY (dev, inode))")
 
     def _retry(self, call):
         for attempt in range(self.RETRIES):
@@ -135,20 +140,33 @@ class DigestMemo:
         db = self._conn()
         if db is not None:
             try:
-                row = self._retry(lambda: db.execute("SELECT size, mtime, digest FROM memo WHERE dev=? AND inode=?",
+                row = self._retry(lambda: db.execute("SELECT size, mtime, ctime, digest FROM digests WHERE dev=? AND inode=?",
                                                      ident).fetchone())
             except sqlite3.OperationalError:
                 row = None
-            if row and (row[0], row[1]) == (st.st_size, st.st_mtime_ns):
-                return row[2]
+            if row and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return row[3]
         digest = hash_file(path)
         if db is not None:
             try:
-                self._retry(lambda: db.execute("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?)",
-                                               (*ident, st.st_size, st.st_mtime_ns, digest)))
+                self._retry(lambda: db.execute("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?)",
+                                               (*ident, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)))
             except sqlite3.OperationalError:
                 pass  # not remembered: hashed again next time
         return digest
+
+    def note(self, path: Path, digest: str) -> None:
+        """Remember a digest this process has just established for ``path`` (hashed, then moved,
+        chmod-ed or linked, which move its ctime but not its content)."""
+        db = self._conn()
+        if db is None:
+            return
+        st = os.stat(path)
+        try:
+            self._retry(lambda: db.execute("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?)",
+                                           (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)))
+        except sqlite3.OperationalError:
+            pass
 
     def path(self, path: Path) -> str:
         """Digest of a file, or of a folder's tree (by content only, not location)."""

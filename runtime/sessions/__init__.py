@@ -6,9 +6,17 @@ from pathlib import Path
 from runtime.session import Session
 
 
-def open_session(package_dir: str | Path, device: str = "cpu", **options) -> Session:
+def open_session(package_dir: str | Path, device: str = "cpu", verify: bool | None = None, **options) -> Session:
     """The session for a package: ``cpu`` runs it (or an AI 100 package's ONNX view) with ONNX
-    Runtime, ``ai100`` its QPC through qaicrt (ImportError when the Platform SDK is absent)."""
+    Runtime, ``ai100`` its QPC through qaicrt (ImportError when the Platform SDK is absent).
+
+    A package (a folder with a manifest) is first checked against its manifest's sha256s
+    (``verify``: None checks packages up to package_format.VERIFY_MAX_BYTES; PackageDamaged
+    names the first damaged file)."""
+    from runtime import package_format as fmt
+
+    if (Path(package_dir) / fmt.MANIFEST).is_file():
+        fmt.check_package(Path(package_dir), verify)
     if device == "ai100":
         from runtime.sessions.ai100 import AI100Session
 

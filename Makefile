@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/export_memory.py
 	$(BIN)/python bench/embedding.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/faults.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -153,6 +153,10 @@ class Executor:
 
     # ---- walk
     def run(self) -> BuildResult:
+        with self.store.building():  # gc waits while this build runs
+            return self._walk()
+
+    def _walk(self) -> BuildResult:
         try:
             for stage in self.plan.stages:
                 if self._materialized(stage):

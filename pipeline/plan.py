@@ -99,10 +99,17 @@ def _prepare(cfg: Any, resolve: bool, goals: Sequence[str], roles: Sequence[str]
             detail = " ".join(str(exc).split())
             raise UserError(f"pipeline.stages.{stage.name}: its parameters do not fit pass {stage.spec.name} ({detail})") from exc
         try:
-            if stage.spec.check:
-                stage.spec.check(p, facts.get(stage.role))
-            if stage.spec.facts and stage.role not in facts:
-                facts[stage.role] = stage.spec.facts(p)
+            try:
+                if stage.spec.check:
+                    stage.spec.check(p, facts.get(stage.role))
+                if stage.spec.facts and stage.role not in facts:
+                    facts[stage.role] = stage.spec.facts(p)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError, OSError) as exc:
+                # a value no check foresaw (a list for a name, a dict for a number, a path too long): still one line
+                detail = " ".join(str(exc).split())
+                detail = detail if len(detail) <= 300 else detail[:300] + "..."
+                raise UserError(f"pipeline.stages.{stage.name}: pass {stage.spec.name} cannot take its parameters "
+                                f"({type(exc).__name__}: {detail}); allowed: values of the types the presets give") from exc
             if resolve and stage.spec.resolve:  # the same params resolve once (the same model in two roles)
                 ident = (stage.spec.name, repr(p))
                 if ident not in resolved:

@@ -145,3 +145,18 @@ def test_automodel_embeds_like_the_cli(tmp_path):
     assert r.rc == 0, r.err
     assert set(r.status().values()) == {"cached"}
     assert np.allclose(np.load(r.run_dir / "embeddings.npy"), got, atol=1e-6)
+
+
+def test_adapters_are_chosen_at_generate_time_like_the_cli(tmp_path):
+    from test_lora import make_adapters, tiny_llama_config
+
+    from pipeline import AutoModelForCausalLM
+
+    adapters = make_adapters(tmp_path / "adapters", tiny_llama_config(), [("alpha", 4, ["q_proj", "v_proj"])])
+    store = tmp_path / "store"
+    m = AutoModelForCausalLM.from_pretrained("tiny_llama", store_root=store, adapters=adapters, echo=lambda _: None)
+    base, alpha = (m.generate("My name is", generation_len=12, adapter=a).generated_ids[0] for a in (None, "alpha"))
+    assert base != alpha
+    r = infer(store, "model.adapters={alpha: " + adapters["alpha"] + "}", "adapter=alpha", "prompt=My name is",
+              "generation_len=12")
+    assert r.rc == 0 and set(r.status().values()) == {"cached"} and r.exec_info["generated_ids"] == [alpha], r.err

@@ -3,6 +3,8 @@ taken, or refused in one line (what ``python -m pipeline`` prints before exiting
 anything else, and none writes to the store."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from omegaconf import OmegaConf
@@ -84,7 +86,8 @@ def check_one(overrides: list[str], store) -> str | None:
     return None
 
 
-@settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 1000)), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 1000)), deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=not os.environ.get("FUZZ_RANDOM"))  # fixed examples unless FUZZ_RANDOM is set
 @given(overrides=overrides_strategy)
 def test_generated_overrides_are_taken_or_refused_in_one_line(overrides, fuzz_store):
     problem = check_one(overrides, fuzz_store)  # anything but UserError propagates: the test fails

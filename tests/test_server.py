@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,14 +18,15 @@ MODEL = "tiny_llama"
 
 
 class Server:
-    def __init__(self, store: Path, *overrides: str, model: str = MODEL, entry_log: Path | None = None):
+    def __init__(self, store: Path, *overrides: str, model: str = MODEL, entry_log: Path | None = None,
+                 env: dict | None = None):
         self.port = free_port(set())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = entry_log or store.parent / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.serve", f"model={model}", f"store.root={store}", f"serve.port={self.port}",
              f"hydra.run.dir={store.parent / f'serve-run-{self.port}'}", *overrides],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("w"), env={**os.environ, **(env or {})})
         deadline = time.time() + 300
         while not self.health():
             assert self.proc.poll() is None, self.log.read_text()
@@ -150,6 +152,37 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     assert complete(c, max_tokens=4) and server.health()["status"] == "ok"
 
 
+def test_64_concurrent_clients_with_malformed_requests_among_them(server):
+    """Every good request gets its single-request text, every bad one a 4xx, and the server goes on."""
+    import httpx2 as httpx
+
+    want = complete(server.client(), "Hello there", max_tokens=8)
+    bad_bodies = [b"{", b"[]", b'{"model": "tiny_llama"}', b'{"model": "tiny_llama", "prompt": 5}',
+                  b'{"model": "tiny_llama", "prompt": "x", "max_tokens": "many"}', "{\"prompt\": \"\u00e9\"}".encode()]
+
+    def one(i: int) -> tuple[int, str]:
+        if i % 4 == 3:
+            r = httpx.post(server.url + "/v1/completions", content=bad_bodies[i % len(bad_bodies)],
+                           headers={"content-type": "application/json"}, timeout=120)
+            return r.status_code, r.json()["error"]["message"]
+        r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Hello there", "max_tokens": 8,
+                                                              "stream": i % 2 == 0}, timeout=120)
+        if i % 2 == 0:
+            pieces = [json.loads(line[6:])["choices"][0]["text"] for line in r.text.splitlines()
+                      if line.startswith("data: {")]
+            return r.status_code, "".join(pieces)
+        return r.status_code, r.json()["choices"][0]["text"]
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(64)))
+    for i, (status, text) in enumerate(results):
+        if i % 4 == 3:
+            assert 400 <= status < 500 and text and "\n" not in text, (i, status, text)
+        else:
+            assert status == 200 and text == want, (i, status, text)
+    assert server.health()["running"] == 0 and complete(server.client(), "Hello there", max_tokens=8) == want
+
+
 def test_a_client_gone_mid_stream_frees_its_slot(server):
     import httpx2 as httpx
 
@@ -193,3 +226,21 @@ def test_an_embedding_package_serves_embeddings(tmp_path):
     assert not (tmp_path / "other-store" / "trees").exists()
     r = run_pipeline(tmp_path / "other-store", f"serve.package={tmp_path}", entry="pipeline.serve")
     assert r.rc == 2 and r.err.strip().splitlines()[-1].startswith(f"error: serve.package: '{tmp_path}' is not allowed")
+
+
+def test_an_ai100_package_is_served_through_qaicrt(server, tmp_path):
+    """The AI 100 graph compiled by the compiler stand-in, run by the qaicrt stand-in (no SDK here):
+    the same greedy text as the CPU program's server, continuous batching on the device's KV."""
+    from test_infer import DEVICE_ENV, STANDIN_COMPILER
+
+    want = [complete(server.client(), p, max_tokens=16) for p in ("My name is", "The capital of France is")]
+    s = Server(tmp_path / "store", "hw=ai100_16c", f"hw.compiler={STANDIN_COMPILER}", "compile.ctx_len=128",
+               env=DEVICE_ENV)
+    try:
+        c = s.client()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda p: complete(c, p, max_tokens=16), ("My name is", "The capital of France is")))
+        assert got == want and s.health()["slots"] == 4
+    finally:
+        s.stop()
+    assert "(causal_lm, 4 slots)" in s.log.read_text()

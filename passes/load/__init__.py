@@ -126,7 +126,7 @@ def check(params: LoadParams, facts: Any = None) -> None:
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 1 << 40):
                 raise UserError(f"model.hf_config.{name}: {value!r} is not allowed; allowed: an integer >= 1")
         model_type = (params.hf_config or {}).get("model_type")
-        if not model_type:
+        if not model_type or not isinstance(model_type, str):
             raise UserError(f"model.hf_config.model_type: {model_type!r} is not allowed; allowed: an inline HF config naming model_type")
         known = causal_lm_model_types()
         if known is not None and model_type not in known:

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, IndexError) as exc:
         print(f"error: gc: bad age or size ({exc}); allowed: 30d, 12h, 90m, 45s / 50G, 512M", file=sys.stderr)
         return 2
-    rep = gc(store, max_age, max_size, keep, dry_run=args.dry_run)
+    if args.dry_run:
+        rep = gc(store, max_age, max_size, keep, dry_run=True)
+    else:  # never while a build runs: it may be using what gc would remove
+        with store.collecting(lambda: print("gc: builds are running in this store; waiting for them to finish", flush=True)):
+            rep = gc(store, max_age, max_size, keep)
     verb = "would remove" if args.dry_run else "removed"
     print(f"gc: {verb} {len(rep.records)} records, {rep.trees} trees, {rep.blobs} blobs "
           f"({human(rep.freed)}), {rep.tmp} stale tmp entries")

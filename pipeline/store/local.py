@@ -12,12 +12,14 @@ input leaves the store as it was.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pipeline.store.digests import tree_digest, tree_files
 from pipeline.store.memo import DigestMemo, default_memo_path
@@ -68,8 +70,9 @@ class Store:
         for rel, entry in rec["files"].items():
             file_id, size = entry[0], entry[1]
             path = tree / rel
-            try:
-                if os.stat(path).st_size != size or self.memo.file(path) != content_digest(file_id):
+            try:  # the tree's file, its content, and its blob (later trees are linked from it)
+                if os.stat(path).st_size != size or self.memo.file(path) != content_digest(file_id) \
+                        or not os.path.isfile(self.blob_path(file_id)):
                     return False
             except OSError:
                 return False
@@ -81,6 +84,35 @@ class Store:
 
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.root / "locks" / f"{key}.lock"))
+
+    @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """Held, shared, while a build runs: ``gc`` (``collecting``) waits until no build holds it,
+        so it never removes what a running build uses."""
+        fd = self._gc_lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @contextlib.contextmanager
+    def collecting(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Held, exclusive, while gc runs; ``waiting`` is called once if builds hold the store."""
+        fd = self._gc_lock()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _gc_lock(self) -> int:
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        return os.open(self.root / "locks" / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
     def new_tmp(self, label: str) -> Path:
         path = self.root / "tmp" / f"{label}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -16,7 +16,7 @@ def tree_bytes(rec: dict[str, Any]) -> int:
 
 
 def verify(store: Store) -> list[str]:
-    """Re-hash every file of every record's tree; one problem per line (empty: all good)."""
+    """Re-hash every file of every record's tree, and see its blob in cas/; one problem per line (empty: all good)."""
     problems = []
     for rec in store.records.all():
         if not rec.get("materialized"):
@@ -30,6 +30,8 @@ def verify(store: Store) -> list[str]:
             if not path.is_file():
                 problems.append(f"{label}: {rel} is missing")
                 continue
+            if not store.blob_path(digest).is_file():
+                problems.append(f"{label}: {rel}: its blob {digest[:12]} is missing from cas/")
             seen[rel] = digest if hash_file(path) == content_digest(digest) else "damaged"
             if seen[rel] != digest:
                 problems.append(f"{label}: {rel} does not match its digest")

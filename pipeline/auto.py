@@ -128,7 +128,9 @@ class _Built:
         return self._package
 
     def _roles(self, cfg: Any) -> tuple[str, ...]:
-        return ("model", "draft_model") if cfg.get("spd") is not None and cfg.spd.name == "draft" else ("model",)
+        from pipeline.infer import roles_of
+
+        return roles_of(cfg)
 
     def _build(self, cfg: Any, roles: Sequence[str] = ("model",)) -> Any:
         from pipeline.api import build
@@ -229,7 +231,7 @@ class AutoModelForCausalLM(_Built):
         they come; ``sampling``: temperature, top_k, top_p, repetition_penalty, seed."""
         from omegaconf import open_dict
 
-        from pipeline.infer import generate_with, sampling_params
+        from pipeline.infer import check_generation, generate_with, sampling_params
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) and p for p in prompts):
@@ -241,11 +243,7 @@ class AutoModelForCausalLM(_Built):
         cfg = self.compose(extra=[f"sampling.{k}={override_value(v)}" for k, v in sampling.items()])
         with open_dict(cfg):
             cfg.prompts, cfg.generation_len, cfg.stream, cfg.chat, cfg.adapter = prompts, generation_len, stream, chat, adapter
-        if adapter is not None and adapter not in (cfg.model.adapters or {}):
-            raise UserError(f"adapter: {adapter!r} is not allowed; allowed: "
-                            f"{', '.join(sorted(cfg.model.adapters or {})) or 'none (no adapters given)'}")
-        if generation_len is not None and not (isinstance(generation_len, int) and generation_len >= 1):
-            raise UserError(f"generation_len: {generation_len!r} is not allowed; allowed: an integer >= 1, or None")
+        check_generation(cfg)
         params = sampling_params(cfg)
         result = self._build(cfg, self._roles(cfg))
         self._package = result.package

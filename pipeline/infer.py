@@ -93,16 +93,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                 check_greedy(sampling, cfg.spd.name)
             except ValueError as e:
                 raise UserError(str(e)) from None
-        if cfg.adapter is not None and cfg.adapter not in (cfg.model.adapters or {}):
-            raise UserError(f"adapter: {cfg.adapter!r} is not allowed; allowed: "
-                            f"{', '.join(sorted(cfg.model.adapters or {})) or 'none (model.adapters is empty)'}")
-        if cfg.generation_len is not None and cfg.generation_len < 1:
-            raise UserError(f"generation_len: {cfg.generation_len!r} is not allowed; allowed: an integer >= 1, or null")
+        check_generation(cfg)
         from pipeline.api import build
 
-        roles = ("model", "draft_model") if cfg.spd.name == "draft" else ("model",)
         result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
-                       goals=("package",), roles=roles)
+                       goals=("package",), roles=roles_of(cfg))
     except UserError as exc:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     summary: dict[str, Any] = {**result.summary()}
@@ -123,6 +118,21 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return finish_job(run_dir, 0, {**summary, "exec_info": str(path)}, None)
 
 
+def check_generation(cfg: Any) -> None:
+    """``adapter`` and ``generation_len`` against the config, before any build; UserError in one line."""
+    if cfg.adapter is not None and cfg.adapter not in (cfg.model.adapters or {}):
+        raise UserError(f"adapter: {cfg.adapter!r} is not allowed; allowed: "
+                        f"{', '.join(sorted(cfg.model.adapters or {})) or 'none (model.adapters is empty)'}")
+    n = cfg.generation_len
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise UserError(f"generation_len: {n!r} is not allowed; allowed: an integer >= 1, or null")
+
+
+def roles_of(cfg: Any) -> tuple[str, ...]:
+    """The models a generation needs packages of: the draft too with spd=draft."""
+    return ("model", "draft_model") if cfg.get("spd") is not None and cfg.spd.name == "draft" else ("model",)
+
+
 def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft: Path | None = None,
                   tokenizer: Any = None) -> Any:
     """Generate with a built package as ``cfg`` says (spd, stream, generation_len, chat, adapter);
@@ -140,12 +150,11 @@ def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, dr
                             "compiled qpc/programqpc.bin)")
         device = "ai100"
     try:
-        session = open_session(package, device)
         if draft is not None and cfg.spd.name == "draft":  # two sessions taking turns: no spinning threads
             turns = {"spinning": False} if device == "cpu" else {}
             session, draft_session = open_session(package, device, **turns), open_session(draft, device, **turns)
         else:
-            draft_session = None
+            session, draft_session = open_session(package, device), None
     except ImportError as e:
         raise UserError(f"hw.target: {program.build.get('hw', {}).get('target')!r} needs the Cloud AI 100 runtime here; {e}") from None
     tokenizer = tokenizer or load_tokenizer(package)

@@ -39,15 +39,22 @@ class BuildPlan:
     remote: dict[str, Any] | None = None  # store.remote: {"url", "options", "push"} (pipeline.store.remote)
 
 
+def type_mismatch(exc: BaseException) -> str | None:
+    """OmegaConf's "Value 'x' of type 'str' could not be converted to Integer" (given directly, or
+    met through an interpolation) as 'key: 'x' is not allowed; allowed: ...', or None."""
+    first = str(exc).split("\n")[0]
+    m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first)
+    if not m:
+        return None
+    return f"{getattr(exc, 'full_key', None) or 'config'}: {m.group(1)!r} is not allowed; allowed: a value of type {m.group(2)}"
+
+
 def config_error(exc: BaseException) -> str:
     """An OmegaConf error met while reading the config (a value of the wrong type, an
     interpolation that does not resolve) as one line naming the key."""
     key = getattr(exc, "full_key", None) or "config"
     text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
-    m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", text)
-    if m:
-        return f"{key}: {m.group(1)!r} is not allowed; allowed: a value of type {m.group(2)}"
-    return f"{key}: {text}; allowed: a value of the key's type, or an interpolation that resolves"
+    return type_mismatch(exc) or f"{key}: {text}; allowed: a value of the key's type, or an interpolation that resolves"
 
 
 def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Sequence[str] = ("model",)) -> BuildPlan:

@@ -124,9 +124,10 @@ def one_line(exc: BaseException, config_name: str = "config") -> str:
     cause = exc.__cause__ or exc
     key = getattr(cause, "full_key", None)
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    m = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first)
-    if key and m:
-        return f"{key}: {m.group(1)!r} is not allowed; allowed: a value of type {m.group(2)}"
+    from pipeline.plan import type_mismatch
+
+    if key and type_mismatch(cause):
+        return type_mismatch(cause)
     m = re.match(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)')", first)
     if key and m:
         parent = key.rsplit(".", 1)[0] if "." in key else ""

@@ -147,26 +147,24 @@ class DigestMemo:
             if row and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 return row[3]
         digest = hash_file(path)
-        if db is not None:
-            try:
-                self._retry(lambda: db.execute("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?)",
-                                               (*ident, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)))
-            except sqlite3.OperationalError:
-                pass  # not remembered: hashed again next time
+        self._remember(st, digest)  # the stat from before hashing: a change meanwhile is seen next time
         return digest
 
     def note(self, path: Path, digest: str) -> None:
         """Remember a digest this process has just established for ``path`` (hashed, then moved,
         chmod-ed or linked, which move its ctime but not its content)."""
+        if self._conn() is not None:
+            self._remember(os.stat(path), digest)
+
+    def _remember(self, st: os.stat_result, digest: str) -> None:
         db = self._conn()
         if db is None:
             return
-        st = os.stat(path)
         try:
             self._retry(lambda: db.execute("INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?)",
                                            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)))
         except sqlite3.OperationalError:
-            pass
+            pass  # not remembered: hashed again next time
 
     def path(self, path: Path) -> str:
         """Digest of a file, or of a folder's tree (by content only, not location)."""

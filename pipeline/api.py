@@ -8,6 +8,8 @@ from pipeline.config import CONF_DIR, register
 from pipeline.executor import BuildResult, Executor
 from pipeline.instruments import Instrument, default_instruments
 from pipeline.plan import check_preconditions, prepare
+from pipeline.store import Store
+from pipeline.store.maintenance import tree_bytes
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
@@ -26,14 +28,43 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
 
 def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = None,
           instruments: Sequence[Instrument] = (), goals: Sequence[str] = (),
-          roles: Sequence[str] = ("model",)) -> BuildResult:
+          roles: Sequence[str] = ("model",), check_packages: bool = False) -> BuildResult:
     """Build every stage of ``cfg`` (or only what ``goals``, e.g. ``("package",)``, needs for ``roles``);
     raises pipeline.pass_api.UserError on bad input (nothing run).
+
+    ``check_packages`` (for callers about to load or hand out the packages): re-hash the bytes
+    of every package taken from the store, as the runtime does on load; a damaged one is
+    evicted and rebuilt, never returned.
 
     Around each pass run the default instruments (progress lines through ``echo``, time and
     memory, the test fault hook, ``pipeline.force``), then ``instruments``.
     """
     plan = prepare(cfg, goals=goals, roles=roles)
-    executor = Executor(plan, [*default_instruments(plan.force, echo), *instruments], run_dir=run_dir)
-    check_preconditions(plan, executor.may_run())
-    return executor.run()
+    for attempt in (1, 2):
+        executor = Executor(plan, [*default_instruments(plan.force, echo), *instruments], run_dir=run_dir)
+        check_preconditions(plan, executor.may_run())
+        result = executor.run()
+        if attempt == 2 or not check_packages or not evict_damaged_packages(executor.store, result, echo):
+            return result
+    raise AssertionError("unreachable")
+
+
+def evict_damaged_packages(store: Store, result: BuildResult, echo: Callable[[str], None]) -> bool:
+    """Check the bytes of every package this build took from the store (up to the runtime's
+    VERIFY_MAX_BYTES, as the runtime checks on load); a damaged one is evicted. True if any was."""
+    from runtime.package_format import VERIFY_MAX_BYTES
+
+    evicted = False
+    for role, key in result.package_keys.items():
+        stage = next(s for s in result.stages if s.key == key)
+        rec = store.records.read(key)
+        if stage.status != "cached" or rec is None or tree_bytes(rec) > VERIFY_MAX_BYTES:
+            continue  # a package built in this run was hashed as it was stored
+        bad = store.damaged(rec)
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            echo(f"{stage.name}: damaged in the store ({bad[0]}{more}: its bytes differ from the record); "
+                 "set aside, rebuilding it and what shared its files")
+            store.evict(rec, bad)
+            evicted = True
+    return evicted

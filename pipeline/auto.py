@@ -135,7 +135,7 @@ class _Built:
     def _build(self, cfg: Any, roles: Sequence[str] = ("model",)) -> Any:
         from pipeline.api import build
 
-        result = build(cfg, echo=self.echo, goals=("package",), roles=roles)
+        result = build(cfg, echo=self.echo, goals=("package",), roles=roles, check_packages=True)
         if not result.ok or result.package is None:
             failed = next((s for s in result.stages if s.status == "failed"), None)
             raise RuntimeError(f"stage {failed.name if failed else '?'} failed: {failed.error if failed else 'no package'}")
@@ -247,7 +247,8 @@ class AutoModelForCausalLM(_Built):
         params = sampling_params(cfg)
         result = self._build(cfg, self._roles(cfg))
         self._package = result.package
-        return generate_with(cfg, result.package, prompts, params, result.packages.get("draft_model"), tokenizer)
+        return generate_with(cfg, result.package, prompts, params, result.packages.get("draft_model"), tokenizer,
+                             verify=False)  # the build checked the bytes of what it took from the store
 
 
 class AutoModel(_Built):

@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         from pipeline.api import build
 
         result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
-                       goals=("package",))
+                       goals=("package",), check_packages=True)
     except UserError as exc:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     summary: dict[str, Any] = {**result.summary()}

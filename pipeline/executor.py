@@ -148,8 +148,29 @@ class Executor:
         return "hit" if self._lookup(stage) else "miss"
 
     def may_run(self) -> list[Stage]:
-        """Stages that are not known hits now: their preconditions are checked up front."""
-        return [s for s in self.plan.stages if self._consumer_state(s) != "hit"]
+        """Stages that are not known hits now: their preconditions are checked up front.
+
+        A dry walk: each hit's recorded digest keys its consumers, as in the walk itself, so a
+        run whose every stage hits needs nothing (not even free disk)."""
+        digests: dict[str, str] = {}
+        hit: dict[str, bool] = {}
+        for s in self.plan.stages:
+            ups = {inp: digests.get(up) for inp, up in s.inputs.items()}
+            if any(d is None for d in ups.values()) or self._forced(s):
+                hit[s.name] = False
+                continue
+            keyed, _locations = canonical_params(self.plan.params[s.name], self.store.memo)
+            key = key_of(ingredients(s.spec, keyed, ups))
+            if not self._materialized(s):
+                digests[s.name] = key
+            elif rec := self.store.lookup(key):
+                digests[s.name], hit[s.name] = rec["digest"], True
+            else:
+                hit[s.name] = False
+        for s in reversed(self.plan.stages):  # an in-memory stage runs iff a consumer runs
+            if s.name not in hit:
+                hit[s.name] = all(hit[c] for c in self.plan.consumers[s.name])
+        return [s for s in self.plan.stages if not hit[s.name]]
 
     # ---- walk
     def run(self) -> BuildResult:
@@ -295,12 +316,20 @@ class Executor:
                 digest, files = self.store.ingest(out, lambda p: self._point(stage, p))
                 result = value if isinstance(value, dict) else {}
             else:
-                self.values[key] = value
                 digest, files, result = key, {}, {}
+            record = {
+                "stage": stage.name, "pass": stage.spec.name, "role": stage.role, "model": self.plan.models[stage.role],
+                "key": key, "ingredients": self.ingr[stage.name], "digest": digest, "materialized": materialized,
+                "files": files, "seconds": round(r.seconds, 3), "peak_rss_bytes": r.peak_rss, "created": now_iso(),
+                "result": result, "why": r.why,
+            }
+            self.store.records.write(record)  # last: a build without its record is a miss, never a partial hit
         except Exception as exc:  # noqa: BLE001 - any pass failure is reported, never cached
             r.status, r.error = "failed", _one_line(exc)
             if isinstance(exc, StageFailure):
                 r.result = exc.result
+            if (full := self.store.full_disk(exc)) is not None:
+                r.error = f"{full} ({r.error})"
             self._keep_traceback(stage, exc)
             for i in self.instruments:
                 i.on_failed(stage, r)
@@ -308,16 +337,11 @@ class Executor:
         finally:
             if tmp is not None:
                 remove_tree(tmp)
+        if not materialized:
+            self.values[key] = value
         r.status, r.digest, r.result, r.built_seconds = "ran", digest, result, r.seconds
         self.digests[stage.name] = digest
         self.ran.setdefault(key, stage.name)
-        record = {
-            "stage": stage.name, "pass": stage.spec.name, "role": stage.role, "model": self.plan.models[stage.role],
-            "key": key, "ingredients": self.ingr[stage.name], "digest": digest, "materialized": materialized,
-            "files": files, "seconds": round(r.seconds, 3), "peak_rss_bytes": r.peak_rss, "created": now_iso(),
-            "result": result, "why": r.why,
-        }
-        self.store.records.write(record)
         self._push(stage, record)
         for i in self.instruments:
             i.after_run(stage, r)

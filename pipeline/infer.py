@@ -97,14 +97,15 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         from pipeline.api import build
 
         result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
-                       goals=("package",), roles=roles_of(cfg))
+                       goals=("package",), roles=roles_of(cfg), check_packages=True)
     except UserError as exc:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     summary: dict[str, Any] = {**result.summary()}
     if not result.ok or result.package is None:
         return finish_job(run_dir, 1, summary, None)
     try:
-        info = generate_with(cfg, result.package, prompts, sampling, result.packages.get("draft_model"))
+        info = generate_with(cfg, result.package, prompts, sampling, result.packages.get("draft_model"),
+                             verify=False)  # the build checked the bytes of what it took from the store
     except UserError as exc:
         return finish_job(run_dir, 2, {**summary, "error": str(exc)}, str(exc))
     except Exception as exc:  # noqa: BLE001 - a generation failure is reported like a stage failure
@@ -134,9 +135,10 @@ def roles_of(cfg: Any) -> tuple[str, ...]:
 
 
 def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, draft: Path | None = None,
-                  tokenizer: Any = None) -> Any:
+                  tokenizer: Any = None, verify: bool | None = None) -> Any:
     """Generate with a built package as ``cfg`` says (spd, stream, generation_len, chat, adapter);
-    the ExecInfo. UserError for what the package cannot do here."""
+    the ExecInfo. UserError for what the package cannot do here. ``verify``: the runtime's check
+    on load (False when the build has just checked the bytes)."""
     from runtime import package_format as fmt
     from runtime.sessions import open_session
     from runtime.textgen import Streamer, generate_texts
@@ -152,9 +154,10 @@ def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, dr
     try:
         if draft is not None and cfg.spd.name == "draft":  # two sessions taking turns: no spinning threads
             turns = {"spinning": False} if device == "cpu" else {}
-            session, draft_session = open_session(package, device, **turns), open_session(draft, device, **turns)
+            session, draft_session = (open_session(package, device, verify, **turns),
+                                      open_session(draft, device, verify, **turns))
         else:
-            session, draft_session = open_session(package, device), None
+            session, draft_session = open_session(package, device, verify), None
     except ImportError as e:
         raise UserError(f"hw.target: {program.build.get('hw', {}).get('target')!r} needs the Cloud AI 100 runtime here; {e}") from None
     tokenizer = tokenizer or load_tokenizer(package)

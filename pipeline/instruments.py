@@ -108,7 +108,9 @@ class Measure(Instrument):
 
 
 class Faults(Instrument):
-    """Test-only: ``PIPELINE_FAULT=<stage>:<point>`` SIGKILLs the process at that point of that stage.
+    """Test-only: ``PIPELINE_FAULT=<stage>:<point>`` SIGKILLs the process at that point of that stage;
+    ``PIPELINE_FAULT=<stage>:<point>=fill:<file>`` instead fills the filesystem holding ``<file>``
+    (as another writer would), so what the stage writes next meets a full disk.
 
     Points, in the order a materialized stage passes them: ``before_run``, ``after_run`` (output
     written in tmp/), ``after_blobs`` (files linked into cas/), ``after_tree`` (tree in place,
@@ -116,15 +118,32 @@ class Faults(Instrument):
     """
 
     def __init__(self, wanted: str | None):
-        self.wanted = wanted
+        where, _, action = (wanted or "").partition("=")
+        self.wanted, self.action = where or None, action
 
     @classmethod
     def from_env(cls) -> "Faults":
         return cls(os.environ.get("PIPELINE_FAULT") or None)
 
     def point(self, stage: Any, name: str) -> None:
-        if self.wanted and self.wanted == f"{stage.name}:{name}":
+        if not self.wanted or self.wanted != f"{stage.name}:{name}":
+            return
+        if self.action.startswith("fill:"):
+            fill_disk(self.action.removeprefix("fill:"))
+        else:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fill_disk(ballast: str) -> None:
+    """Append to ``ballast`` until its filesystem has no space left."""
+    chunk = b"\0" * (1 << 20)
+    with open(ballast, "ab", buffering=0) as f:
+        while chunk:
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError:
+                chunk = chunk[: len(chunk) // 2]
 
 
 class Force(Instrument):

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
 from pipeline.pass_api import UserError, params_from_config
+from pipeline.store.maintenance import human
 
 
 @dataclass
@@ -44,9 +45,13 @@ def type_mismatch(exc: BaseException) -> str | None:
     met through an interpolation) as 'key: 'x' is not allowed; allowed: ...', or None."""
     first = str(exc).split("\n")[0]
     m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first)
-    if not m:
+    if m:
+        value, kind = m.group(1), m.group(2)
+    elif m := re.search(r"Cannot convert '\w+' to (\w+): '(.*)'", first):  # a list or mapping where a scalar goes
+        value, kind = m.group(2), m.group(1)
+    else:
         return None
-    return f"{getattr(exc, 'full_key', None) or 'config'}: {m.group(1)!r} is not allowed; allowed: a value of type {m.group(2)}"
+    return f"{getattr(exc, 'full_key', None) or 'config'}: {value!r} is not allowed; allowed: a value of type {kind}"
 
 
 def config_error(exc: BaseException) -> str:
@@ -154,8 +159,8 @@ def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:
     free = shutil.disk_usage(probe).free
     if need_disk > free:
         raise UserError(
-            f"store.root: {str(plan.store_root)!r} has {free / 2**30:.1f} GiB free; "
-            f"the stages to run need about {need_disk / 2**30:.1f} GiB (free space or move store.root)"
+            f"store.root: {str(plan.store_root)!r} has {human(free)} free; "
+            f"the stages to run need about {human(need_disk)} (free space or move store.root)"
         )
 
 

@@ -133,6 +133,10 @@ def one_line(exc: BaseException, config_name: str = "config") -> str:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _keys_of(parent, config_name)
         return f"{key}: not a config key; allowed keys{' of ' + parent if parent else ''}: {allowed}"
+    if key and cause is not exc:  # OmegaConf refused the value for its key
+        from pipeline.plan import config_error
+
+        return config_error(cause)
     return " ".join(text.split("\n")[:1]) or type(exc).__name__
 
 

@@ -57,7 +57,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             check_name(cfg.name)
         from pipeline.api import build
 
-        result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir)
+        result = build(cfg, echo=lambda line: print(line, file=sys.stderr, flush=True), run_dir=run_dir,
+                       check_packages=True)
     except (UserError, PublicationError) as exc:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     summary: dict[str, Any] = result.summary()

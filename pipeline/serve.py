@@ -50,7 +50,7 @@ def package_to_serve(cfg: Any, run_dir: Path) -> tuple[Path, str, dict[str, Any]
             o.startswith("compile.full_batch_size") for o in HydraConfig.get().overrides.task):
         with open_dict(cfg):
             cfg.compile.full_batch_size = None  # an encoder has no KV slots
-    result = build(cfg, echo=_say, run_dir=run_dir, goals=("package",))
+    result = build(cfg, echo=_say, run_dir=run_dir, goals=("package",), check_packages=True)
     summary = result.summary()
     if not result.ok or result.package is None:
         raise RuntimeError(summary)

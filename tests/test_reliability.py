@@ -1,4 +1,4 @@
-"""Bad paths and damaged bytes: refused in one line, or detected, rebuilt and never served."""
+"""Bad paths, damaged bytes and a full disk: refused in one line, or detected, rebuilt and never served."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,8 @@ import os
 import stat
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT, run_pipeline, store_snapshot
 
@@ -81,3 +83,101 @@ def test_a_byte_flipped_with_its_mtime_kept_is_rebuilt_never_served(store, tmp_p
     # the copy made before the damage still runs
     p = subprocess.run([*run[:3], str(copy), *run[4:]], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def _rot_a_byte(store, path) -> str:
+    """Damage no write made (bit rot under the filesystem): the bytes change, the digest memo's
+    (inode, size, mtime, ctime) row still vouches for the old content. The relative path."""
+    from pipeline.store.memo import DigestMemo
+
+    memo = DigestMemo(store / "local" / "memo.sqlite")
+    before = memo.file(path)
+    _flip_a_byte_keeping_mtime(path)
+    memo.note(path, before)
+    assert memo.file(path) == before  # the memo cannot see it
+    memo.close()
+
+
+def _largest(package: str) -> str:
+    files = json.loads(open(f"{package}/manifest.json").read())["files"]
+    return max(files, key=lambda rel: files[rel]["bytes"])
+
+
+def _verify(store, *args):
+    return subprocess.run([sys.executable, "-m", "pipeline.store", "--root", str(store), "verify", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_damage_no_write_made_is_found_on_use_and_rebuilt_never_served(store):
+    from conftest import infer
+
+    good = infer(store, "prompts=[Hello]", "generation_len=8")
+    assert good.rc == 0, good.err
+    package = good.summary["package"]
+    data = _largest(package)
+    _rot_a_byte(store, f"{package}/{data}")
+    r = infer(store, "prompts=[Hello]", "generation_len=8")
+    assert r.rc == 0, r.err
+    assert (f"package: damaged in the store ({data}: its bytes differ from the record); set aside, rebuilding it and "
+            "what shared its files") in r.err
+    status = r.status()
+    assert status["package"] == "ran" and status["compile"] == "ran" and status["export"] == "cached", status
+    assert r.exec_info["generated_ids"] == good.exec_info["generated_ids"]
+    assert _verify(store).returncode == 0
+
+
+def test_verify_repair_evicts_damaged_trees_and_the_next_build_restores_them(store):
+    r = run_pipeline(store)
+    package = r.summary["package"]
+    data = _largest(package)
+    _rot_a_byte(store, f"{package}/{data}")
+    v = _verify(store)
+    assert v.returncode == 1 and f"{data} does not match its digest" in v.stdout, v.stdout
+    v = _verify(store, "--repair")
+    assert v.returncode == 1 and "verify: repaired: 2 damaged trees evicted" in v.stdout, v.stdout  # package, compile
+    assert _verify(store).returncode == 0
+    r = run_pipeline(store)
+    assert r.rc == 0 and r.status()["package"] == "ran" and r.summary["validation"]["passed"], r.err
+    assert _verify(store).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 MiB tmpfs the test mounts (as root; skipped where mounting is not allowed)."""
+    mount = tmp_path / "store"
+    mount.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_store_whose_disk_fills_mid_export_fails_in_one_line_records_nothing_and_recovers(small_disk):
+    from pipeline.instruments import fill_disk
+
+    store, ballast = small_disk, small_disk / "ballast"  # another writer fills the disk as export starts
+    r = run_pipeline(store, env={"PIPELINE_FAULT": f"export:before_run=fill:{ballast}"})
+    assert r.rc == 1 and "Traceback" not in r.out + r.err, r.out + r.err
+    failed = next(line for line in r.out.splitlines() if line.startswith("export: failed"))
+    assert f"store.root: the filesystem of '{store}' is full (0.0 MiB free); nothing was recorded for this stage: free " \
+           "space or move store.root, then run again (OSError: " in failed, failed
+    records = [json.loads(p.read_text())["stage"] for p in (store / "ac").glob("*.json")]
+    assert "export" not in records and "load" in records, records
+    assert list((store / "tmp").iterdir()) == []  # the failed build's files are gone
+    assert _verify(store).returncode == 0
+
+    ballast.unlink()  # space freed: the next run completes
+    r = run_pipeline(store)
+    assert r.rc == 0 and r.status()["load"] == "cached" and r.status()["export"] == "ran", r.out + r.err
+    assert r.summary["validation"]["passed"]
+
+    fill_disk(ballast)  # full again: what is built is still served; a new build fails as cleanly
+    r = run_pipeline(store)
+    assert r.rc == 0 and set(r.status().values()) == {"cached"}, r.out + r.err
+    before = sorted(p.name for p in (store / "ac").iterdir())
+    r = run_pipeline(store, "compile.ctx_len=96")
+    assert r.rc == 1 and "is full" in r.out and "Traceback" not in r.out + r.err, r.out + r.err
+    assert sorted(p.name for p in (store / "ac").iterdir()) == before and list((store / "tmp").iterdir()) == []
+    ballast.unlink()
+    assert _verify(store).returncode == 0

@@ -2,7 +2,6 @@
 their specializations.json forms. Pure functions: no subprocess, no heavy import."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from pipeline.store import Store
-from pipeline.store.maintenance import gc, human, listing, parse_age, parse_size, verify
+from pipeline.store.maintenance import gc, human, listing, parse_age, parse_size, repair, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("ls", help="list action records, oldest first")
     ls.add_argument("--json", action="store_true")
-    sub.add_parser("verify", help="re-hash every stored file; exit 1 on damage")
+    v = sub.add_parser("verify", help="re-hash every stored file; exit 1 on damage")
+    v.add_argument("--repair", action="store_true",
+                   help="evict the damaged trees (and their blobs), so the next builds rebuild them")
     g = sub.add_parser("gc", help="remove old or excess records and what only they used")
     g.add_argument("--max-age", help="drop records unused for longer than this (e.g. 30d, 12h)")
     g.add_argument("--max-size", help="then drop least recently used until trees fit (e.g. 50G)")
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             print(p)
         print(f"verify: {len(store.records.all())} records, {len(problems)} problems")
+        if problems and args.repair:
+            with store.collecting(lambda: print("verify: builds are running in this store; waiting for them to finish",
+                                                flush=True)):
+                evicted = repair(store)
+            print(f"verify: repaired: {evicted} damaged trees evicted; the next builds rebuild them")
         return 1 if problems else 0
     try:
         max_age = parse_age(args.max_age) if args.max_age else None

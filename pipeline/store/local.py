@@ -13,6 +13,7 @@ input leaves the store as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -21,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.store.digests import tree_digest, tree_files
+from pipeline.store.digests import hash_file, tree_digest, tree_files
 from pipeline.store.memo import DigestMemo, default_memo_path
 from pipeline.store.records import Records
 
@@ -78,7 +79,50 @@ class Store:
                 return False
         return True
 
+    def damaged(self, rec: dict[str, Any]) -> list[str]:
+        """The files of the record's tree whose bytes differ from it, hashed now (not through the
+        memo, which cannot see damage no write made: bit rot, a restored stat)."""
+        tree, bad = self.tree_path(rec["digest"]), []
+        for rel, (file_id, _size) in sorted(rec.get("files", {}).items()):
+            try:
+                if hash_file(tree / rel) != content_digest(file_id):
+                    bad.append(rel)
+            except OSError:
+                bad.append(rel)
+        return bad
+
+    def evict(self, rec: dict[str, Any], rels: list[str]) -> None:
+        """Set aside a damaged tree: the blobs of its damaged files leave cas/, so every record
+        holding them (the stages that shared the bytes by hard link) misses and is rebuilt."""
+        for rel in rels:
+            self.blob_path(rec["files"][rel][0]).unlink(missing_ok=True)
+        remove_tree(self.tree_path(rec["digest"]))
+
     # ---- building
+    FULL = 1 << 20  # less free than this, where the store writes, counts as a full disk
+
+    def full_disk(self, exc: BaseException) -> str | None:
+        """If ``exc`` came from the store's filesystem filling up, what to tell the user; else None.
+
+        By errno where there is one; otherwise (numpy's ``tofile`` and others report a short write
+        without one) by the free space left, measured before the failed build's files are removed."""
+        chain, seen = exc, 0
+        while chain is not None and seen < 16:
+            if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+                break
+            chain, seen = chain.__cause__ or chain.__context__, seen + 1
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            return None
+        if chain is None and free >= self.FULL:
+            return None
+        return (f"store.root: the filesystem of {str(self.root)!r} is full ({free / 2**20:.1f} MiB free); "
+                "nothing was recorded for this stage: free space or move store.root, then run again")
+
     def lock(self, key: str):
         from filelock import FileLock
 
@@ -157,21 +201,25 @@ class Store:
         tree = self.tree_path(digest)
         if not self._tree_matches(tree, digests):
             staging = self.new_tmp(f"tree-{digest[:12]}")
-            for rel, d in digests.items():
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.link(self.blob_path(d), staging / rel)
-                self.memo.note(self.blob_path(d), content_digest(d))  # checked by the caller; a new link moved its ctime
-            for dirpath, _dirs, _files in os.walk(staging, topdown=False):
-                os.chmod(dirpath, READ_EXECUTE)
+            try:
+                for rel, d in digests.items():
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(self.blob_path(d), staging / rel)
+                    self.memo.note(self.blob_path(d), content_digest(d))  # checked by the caller; a new link moved its ctime
+                for dirpath, _dirs, _files in os.walk(staging, topdown=False):
+                    os.chmod(dirpath, READ_EXECUTE)
+            except BaseException:
+                remove_tree(staging)
+                raise
             if tree.exists():  # damaged: set aside, never served
                 remove_tree(tree)
             tree.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(staging, tree)
             except OSError:  # another builder put the same tree in place meanwhile
+                remove_tree(staging)
                 if not self._tree_matches(tree, digests):
                     raise
-                remove_tree(staging)
         return tree
 
     def _put_blob(self, src: Path, file_id: str) -> None:
@@ -186,9 +234,13 @@ class Store:
         blob.parent.mkdir(parents=True, exist_ok=True)
         if os.stat(src).st_nlink > 1:  # linked from elsewhere (an input tree): copy, never move
             tmp = blob.with_name(f".{file_id}.{secrets.token_hex(4)}")
-            shutil.copy2(src, tmp)
-            os.chmod(tmp, mode)
-            os.replace(tmp, blob)
+            try:
+                shutil.copy2(src, tmp)
+                os.chmod(tmp, mode)
+                os.replace(tmp, blob)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         else:
             os.chmod(src, mode)
             os.replace(src, blob)

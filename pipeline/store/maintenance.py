@@ -16,12 +16,17 @@ def tree_bytes(rec: dict[str, Any]) -> int:
 
 
 def verify(store: Store) -> list[str]:
-    """Re-hash every file of every record's tree, and see its blob in cas/; one problem per line (empty: all good)."""
+    """Re-hash every file of every record's tree, and see its blob in cas/; one problem per line (empty: all good).
+
+    A record whose tree is gone altogether (evicted by ``verify --repair`` or a build that found
+    it damaged) is no problem: it misses, and is rebuilt when next needed."""
     problems = []
     for rec in store.records.all():
         if not rec.get("materialized"):
             continue
         tree = store.tree_path(rec["digest"])
+        if not tree.is_dir():
+            continue
         label = f"{rec['stage']} {rec['key'][:12]} (tree {rec['digest'][:12]})"
         seen = {}
         for rel, entry in rec["files"].items():
@@ -38,6 +43,19 @@ def verify(store: Store) -> list[str]:
         if len(seen) == len(rec["files"]) and tree_digest(seen) != rec["digest"]:
             problems.append(f"{label}: tree digest differs")
     return problems
+
+
+def repair(store: Store) -> int:
+    """Evict every tree with a missing or damaged file (Store.evict): the records holding them
+    miss, and the next builds rebuild them. The number of trees evicted."""
+    evicted = 0
+    for rec in store.records.all():
+        if rec.get("materialized") and store.tree_path(rec["digest"]).is_dir():
+            bad = store.damaged(rec)
+            if bad:
+                store.evict(rec, bad)
+                evicted += 1
+    return evicted
 
 
 @dataclass

@@ -56,11 +56,14 @@ class Records:
                 return
         except OSError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / "tmp" / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(key)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(key)
+            os.replace(tmp, path)
+        except OSError:  # a full disk: the hint is skipped, the hit still served
+            tmp.unlink(missing_ok=True)
 
     def latest(self, role: str, model: str, stage: str) -> dict[str, Any] | None:
         try:
@@ -92,11 +95,15 @@ def atomic_write(path: Path, text: str, tmp_dir: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _safe(name: str) -> str:

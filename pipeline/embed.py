@@ -52,7 +52,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         message = f"pipeline: a {manifest.kind} package is not an embedding model; allowed: pipeline=embedding"
         return finish_job(run_dir, 2, {**summary, "error": message}, message)
     try:  # an AI 100 package runs on the device (through qaicrt)
-        embedder = Embedder(result.package, device="ai100" if manifest.program.backend == fmt.QAIC else "cpu")
+        embedder = Embedder(result.package, device="ai100" if manifest.program.backend == fmt.QAIC else "cpu",
+                            verify=False)  # the build checked the bytes of what it took from the store
     except ImportError as e:
         message = f"hw.target: {manifest.target!r} needs the Cloud AI 100 runtime here; {e}"
         return finish_job(run_dir, 2, {**summary, "error": message}, message)

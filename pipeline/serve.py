@@ -32,8 +32,9 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def package_to_serve(cfg: Any, run_dir: Path) -> tuple[Path, str, dict[str, Any]]:
-    """(package, model name, summary): ``serve.package`` as it is, or the config's build."""
+def package_to_serve(cfg: Any, run_dir: Path) -> tuple[Path, str, dict[str, Any], bool | None]:
+    """(package, model name, summary, the runtime's ``verify`` on load): ``serve.package`` as it
+    is (checked on load), or the config's build (checked by the build)."""
     from runtime import package_format as fmt
 
     if cfg.serve.package is not None:
@@ -43,7 +44,7 @@ def package_to_serve(cfg: Any, run_dir: Path) -> tuple[Path, str, dict[str, Any]
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"serve.package: {str(package)!r} is not allowed ({e}); allowed: a package folder "
                             "(with manifest.json)") from None
-        return package, str(manifest.model.get("name") or package.name), {"package": str(package)}
+        return package, str(manifest.model.get("name") or package.name), {"package": str(package)}, None
     from pipeline.api import build
 
     if HydraConfig.get().runtime.choices.get("pipeline") == "embedding" and not any(
@@ -54,7 +55,7 @@ def package_to_serve(cfg: Any, run_dir: Path) -> tuple[Path, str, dict[str, Any]
     summary = result.summary()
     if not result.ok or result.package is None:
         raise RuntimeError(summary)
-    return result.package, cfg.model.name, summary
+    return result.package, cfg.model.name, summary, False  # the build checked the bytes: no second check on load
 
 
 @hydra.main(config_path="../conf", config_name=CONFIG, version_base="1.3")
@@ -67,7 +68,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         port = cfg.serve.port
         if not (isinstance(port, int) and 0 < port < 65536):
             raise UserError(f"serve.port: {port!r} is not allowed; allowed: an integer in 1..65535")
-        package, name, summary = package_to_serve(cfg, run_dir)
+        package, name, summary, verify = package_to_serve(cfg, run_dir)
     except UserError as exc:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     except RuntimeError as exc:
@@ -81,7 +82,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     def ready(served: Any) -> None:
         _say(f"serving {name!r} ({served.kind}, {served.slots} slots) from {package} on http://{host}:{port}/v1")
 
-    app = create_app(package, name, sampling, on_ready=ready)
+    app = create_app(package, name, sampling, on_ready=ready, verify=verify)
     # requests still running at SIGTERM/Ctrl-C get 5 s, then the server stops anyway
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
     try:

@@ -37,11 +37,13 @@ class EmbedRun:
 class Embedder:
     """An embedding package, loaded: ``embed(texts)``."""
 
-    def __init__(self, package: str | Path, device: str = "cpu", num_threads: int | None = None):
+    def __init__(self, package: str | Path, device: str = "cpu", num_threads: int | None = None,
+                 verify: bool | None = None):
         from runtime.sessions import open_session
         from runtime.tokenizer import load_tokenizer
 
-        self.session = open_session(package, device=device, **({"num_threads": num_threads} if num_threads else {}))
+        self.session = open_session(package, device=device, verify=verify,
+                                    **({"num_threads": num_threads} if num_threads else {}))
         self.program = self.session.program
         signature = self.program.signature
         if signature.kind != fmt.EMBEDDING:

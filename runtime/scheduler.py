@@ -148,7 +148,7 @@ class Scheduler:
         elif len(result.ids) >= request.max_new_tokens or next_position >= self.write_limit:
             result.finish_reason = "length"
 
-    def _prefill(self, rows: list[Request | None], kv: dict, batch_index: np.ndarray | None) -> dict[str, np.ndarray]:
+    def prefill_rows(self, rows: list[Request | None], kv: dict, batch_index: np.ndarray | None) -> dict[str, np.ndarray]:
         """Prefill chunks over the rows' prompts (right padded); the outputs (logits[, proposals])
         at each row's last prompt token, by role."""
         if self._clock["started"] is None:
@@ -174,7 +174,7 @@ class Scheduler:
     # ---- static batches
     def _static_batch(self, batch: Sequence[Request], results: dict, samplers: dict, kv: dict) -> None:
         rows: list[Request | None] = [*batch, *[None] * (self.prefill.batch_size - len(batch))]
-        logits = self._prefill(rows, kv, None)[fmt.LOGITS]
+        logits = self.prefill_rows(rows, kv, None)[fmt.LOGITS]
         for i, r in enumerate(batch):
             self._choose(r, logits[i], results[r.index], samplers[r.index])
         while any(results[r.index].finish_reason is None for r in batch):
@@ -196,7 +196,7 @@ class Scheduler:
             for s in range(len(slots)):  # a free slot takes the next prompt at once
                 while slots[s] is None and pending:
                     r = pending.pop()
-                    logits = self._prefill([r], kv, np.array([[s]], dtype=np.int64))[fmt.LOGITS]
+                    logits = self.prefill_rows([r], kv, np.array([[s]], dtype=np.int64))[fmt.LOGITS]
                     self._choose(r, logits[0], results[r.index], samplers[r.index])
                     if results[r.index].finish_reason is None:
                         slots[s] = r

@@ -31,7 +31,8 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 class Served:
     """The loaded package: an engine (causal LM) or an embedder."""
 
-    def __init__(self, package: Path, model_name: str, sampling: SamplingParams, device: str):
+    def __init__(self, package: Path, model_name: str, sampling: SamplingParams, device: str,
+                 verify: bool | None = None):
         from runtime import package_format as fmt
 
         self.package, self.name, self.sampling, self.created = package, model_name, sampling, int(time.time())
@@ -42,7 +43,7 @@ class Served:
         if self.kind == fmt.EMBEDDING:
             from runtime.embed import Embedder
 
-            self.embedder = Embedder(package, device=device)
+            self.embedder = Embedder(package, device=device, verify=verify)
             self.embed_lock = threading.Lock()
             self.slots = self.embedder.batch_size
         else:
@@ -52,7 +53,7 @@ class Served:
             from runtime.tokenizer import load_tokenizer
 
             self.tokenizer = load_tokenizer(package)
-            self.engine = Engine(open_session(package, device), self.tokenizer, eos_ids(self.tokenizer, package))
+            self.engine = Engine(open_session(package, device, verify), self.tokenizer, eos_ids(self.tokenizer, package))
             self.slots = len(self.engine.slots)
 
     def close(self) -> None:
@@ -61,12 +62,12 @@ class Served:
 
 
 def create_app(package: str | Path, model_name: str, sampling: SamplingParams = SamplingParams(),
-               device: str = "cpu", on_ready: Any = None) -> FastAPI:
+               device: str = "cpu", on_ready: Any = None, verify: bool | None = None) -> FastAPI:
     state: dict[str, Served] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served = await asyncio.to_thread(Served, Path(package), model_name, sampling, device)
+        served = await asyncio.to_thread(Served, Path(package), model_name, sampling, device, verify)
         state["served"] = served
         if on_ready:
             on_ready(served)

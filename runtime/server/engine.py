@@ -135,7 +135,7 @@ class Engine:
                 else:
                     rows = [job.request() if r == s else None for r in range(len(self.slots))]
                     batch_index = None
-                logits = self.scheduler._prefill(rows, self._kv, batch_index)[fmt.LOGITS]
+                logits = self.scheduler.prefill_rows(rows, self._kv, batch_index)[fmt.LOGITS]
                 going = self._choose(job, logits[0 if batch_index is not None else s])
                 self._admitting = None
                 if going:

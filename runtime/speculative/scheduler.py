@@ -92,7 +92,7 @@ class SpeculativeScheduler(Scheduler):
     def _start(self, rows: list[Request | None], kv_rows: list[int], kv, batch_index, results, samplers) -> None:
         """Prefill the target (and the proposer) and choose each sequence's first token."""
         live = [r for r in rows if r is not None]
-        last = self._prefill(rows, kv, batch_index)
+        last = self.prefill_rows(rows, kv, batch_index)
         self.proposer.start(kv_rows, [r.prompt_ids for r in live], batch_index, last, self.decode.batch_size)
         for i, r in enumerate(live):
             self._choose(r, last[fmt.LOGITS][i], results[r.index], samplers[r.index])

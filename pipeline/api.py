@@ -40,13 +40,16 @@ def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = 
     memory, the test fault hook, ``pipeline.force``), then ``instruments``.
     """
     plan = prepare(cfg, goals=goals, roles=roles)
-    for attempt in (1, 2):
+
+    def run() -> BuildResult:
         executor = Executor(plan, [*default_instruments(plan.force, echo), *instruments], run_dir=run_dir)
         check_preconditions(plan, executor.may_run())
-        result = executor.run()
-        if attempt == 2 or not check_packages or not evict_damaged_packages(executor.store, result, echo):
-            return result
-    raise AssertionError("unreachable")
+        return executor.run()
+
+    result = run()
+    if check_packages and evict_damaged_packages(Store(plan.store_root, plan.memo), result, echo):
+        result = run()  # once: what was evicted is rebuilt
+    return result
 
 
 def evict_damaged_packages(store: Store, result: BuildResult, echo: Callable[[str], None]) -> bool:
@@ -55,7 +58,7 @@ def evict_damaged_packages(store: Store, result: BuildResult, echo: Callable[[st
     from runtime.package_format import VERIFY_MAX_BYTES
 
     evicted = False
-    for role, key in result.package_keys.items():
+    for key in result.package_keys.values():
         stage = next(s for s in result.stages if s.key == key)
         rec = store.records.read(key)
         if stage.status != "cached" or rec is None or tree_bytes(rec) > VERIFY_MAX_BYTES:

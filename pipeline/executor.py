@@ -116,11 +116,14 @@ class Executor:
         ups = {inp: self.digests.get(up) for inp, up in stage.inputs.items()}
         if any(d is None for d in ups.values()):
             return None
-        keyed, _locations = canonical_params(self.plan.params[stage.name], self.store.memo)
-        self.ingr[stage.name] = ingredients(stage.spec, keyed, ups)
+        self.ingr[stage.name] = self._ingredients(stage, ups)
         key = key_of(self.ingr[stage.name])
         self.results[stage.name].key = key
         return key
+
+    def _ingredients(self, stage: Stage, ups: dict[str, str]) -> dict[str, Any]:
+        keyed, _locations = canonical_params(self.plan.params[stage.name], self.store.memo)
+        return ingredients(stage.spec, keyed, ups)
 
     def _forced(self, stage: Stage) -> str | None:
         return next((why for i in self.instruments if (why := i.force(stage))), None)
@@ -159,8 +162,7 @@ class Executor:
             if any(d is None for d in ups.values()) or self._forced(s):
                 hit[s.name] = False
                 continue
-            keyed, _locations = canonical_params(self.plan.params[s.name], self.store.memo)
-            key = key_of(ingredients(s.spec, keyed, ups))
+            key = key_of(self._ingredients(s, ups))
             if not self._materialized(s):
                 digests[s.name] = key
             elif rec := self.store.lookup(key):

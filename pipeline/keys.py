@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.fingerprint import code_digests
-from pipeline.pass_api import UserError
-from pipeline.pass_api import PassSpec, bound_path
+from pipeline.pass_api import PassSpec, UserError, bound_path
 from pipeline.store.digests import canonical_json, hash_json
 from pipeline.store.memo import DigestMemo
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
 from pipeline.pass_api import UserError, params_from_config
+from pipeline.store.local import free_bytes
 from pipeline.store.maintenance import human
 
 
@@ -153,10 +153,7 @@ def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:
                 raise UserError(f"{stage.name}: module {mod!r} is not installed; it is needed to run pass {stage.spec.name} (run `make setup`)")
         weights = int(needs.weight_copies * (getattr(facts, "approx_params", None) or 0) * 4)
         need_disk += needs.disk_bytes + weights
-    probe = plan.store_root
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(plan.store_root)
     if need_disk > free:
         raise UserError(
             f"store.root: {str(plan.store_root)!r} has {human(free)} free; "

@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"stored once in cas/ as {human(stored)}")
         return 0
     if args.cmd == "verify":
-        problems = verify(store)
+        damaged: list[dict] = []
+        problems = verify(store, damaged)
         for p in problems:
             print(p)
         print(f"verify: {len(store.records.all())} records, {len(problems)} problems")
         if problems and args.repair:
             with store.collecting(lambda: print("verify: builds are running in this store; waiting for them to finish",
                                                 flush=True)):
-                evicted = repair(store)
+                evicted = repair(store, damaged)
             print(f"verify: repaired: {evicted} damaged trees evicted; the next builds rebuild them")
         return 1 if problems else 0
     try:

@@ -111,11 +111,8 @@ class Store:
             if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
                 break
             chain, seen = chain.__cause__ or chain.__context__, seen + 1
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
         try:
-            free = shutil.disk_usage(probe).free
+            free = free_bytes(self.root)
         except OSError:
             return None
         if chain is None and free >= self.FULL:
@@ -259,6 +256,14 @@ class Store:
         except OSError:
             return False
         return True
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds, or will hold, ``path`` (its nearest existing ancestor)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
 
 
 def remove_tree(path: Path) -> None:

@@ -7,16 +7,17 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.store import Store, content_digest, remove_tree
-from pipeline.store.digests import hash_file, tree_digest
+from pipeline.store import Store, remove_tree
+from pipeline.store.digests import tree_digest
 
 
 def tree_bytes(rec: dict[str, Any]) -> int:
     return sum(entry[1] for entry in rec.get("files", {}).values())
 
 
-def verify(store: Store) -> list[str]:
+def verify(store: Store, damaged: list[dict[str, Any]] | None = None) -> list[str]:
     """Re-hash every file of every record's tree, and see its blob in cas/; one problem per line (empty: all good).
+    The records with a missing or damaged file are appended to ``damaged`` (for ``repair``).
 
     A record whose tree is gone altogether (evicted by ``verify --repair`` or a build that found
     it damaged) is no problem: it misses, and is rebuilt when next needed."""
@@ -28,33 +29,34 @@ def verify(store: Store) -> list[str]:
         if not tree.is_dir():
             continue
         label = f"{rec['stage']} {rec['key'][:12]} (tree {rec['digest'][:12]})"
+        bad = set(store.damaged(rec))
+        if bad and damaged is not None:
+            damaged.append(rec)
         seen = {}
         for rel, entry in rec["files"].items():
             digest = entry[0]
-            path = tree / rel
-            if not path.is_file():
+            if not (tree / rel).is_file():
                 problems.append(f"{label}: {rel} is missing")
                 continue
             if not store.blob_path(digest).is_file():
                 problems.append(f"{label}: {rel}: its blob {digest[:12]} is missing from cas/")
-            seen[rel] = digest if hash_file(path) == content_digest(digest) else "damaged"
-            if seen[rel] != digest:
+            seen[rel] = "damaged" if rel in bad else digest
+            if rel in bad:
                 problems.append(f"{label}: {rel} does not match its digest")
         if len(seen) == len(rec["files"]) and tree_digest(seen) != rec["digest"]:
             problems.append(f"{label}: tree digest differs")
     return problems
 
 
-def repair(store: Store) -> int:
-    """Evict every tree with a missing or damaged file (Store.evict): the records holding them
-    miss, and the next builds rebuild them. The number of trees evicted."""
+def repair(store: Store, damaged: list[dict[str, Any]]) -> int:
+    """Evict the trees of these records (``verify`` found them damaged) that are damaged still:
+    the records holding them miss, and the next builds rebuild them. The number evicted."""
     evicted = 0
-    for rec in store.records.all():
-        if rec.get("materialized") and store.tree_path(rec["digest"]).is_dir():
-            bad = store.damaged(rec)
-            if bad:
-                store.evict(rec, bad)
-                evicted += 1
+    for rec in damaged:
+        bad = store.damaged(rec) if store.tree_path(rec["digest"]).is_dir() else []  # checked again under gc's lock
+        if bad:
+            store.evict(rec, bad)
+            evicted += 1
     return evicted
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_pipeline, store_snapshot
+from test_store import store_cli
 
 
 def last_line(r) -> str:
@@ -77,8 +78,7 @@ def test_a_byte_flipped_with_its_mtime_kept_is_rebuilt_never_served(store, tmp_p
 
     assert damaged_files(r.summary["package"]) == [] and json.loads(
         open(f"{r.summary['package']}/manifest.json").read())["files"][data]["sha256"] == want
-    v = subprocess.run([sys.executable, "-m", "pipeline.store", "--root", str(store), "verify"], cwd=ROOT,
-                       capture_output=True, text=True)
+    v = store_cli(store, "verify")
     assert v.returncode == 0, v.stdout + v.stderr
     # the copy made before the damage still runs
     p = subprocess.run([*run[:3], str(copy), *run[4:]], cwd=ROOT, capture_output=True, text=True)
@@ -103,11 +103,6 @@ def _largest(package: str) -> str:
     return max(files, key=lambda rel: files[rel]["bytes"])
 
 
-def _verify(store, *args):
-    return subprocess.run([sys.executable, "-m", "pipeline.store", "--root", str(store), "verify", *args], cwd=ROOT,
-                          capture_output=True, text=True)
-
-
 def test_damage_no_write_made_is_found_on_use_and_rebuilt_never_served(store):
     from conftest import infer
 
@@ -123,7 +118,7 @@ def test_damage_no_write_made_is_found_on_use_and_rebuilt_never_served(store):
     status = r.status()
     assert status["package"] == "ran" and status["compile"] == "ran" and status["export"] == "cached", status
     assert r.exec_info["generated_ids"] == good.exec_info["generated_ids"]
-    assert _verify(store).returncode == 0
+    assert store_cli(store, "verify").returncode == 0
 
 
 def test_verify_repair_evicts_damaged_trees_and_the_next_build_restores_them(store):
@@ -131,14 +126,14 @@ def test_verify_repair_evicts_damaged_trees_and_the_next_build_restores_them(sto
     package = r.summary["package"]
     data = _largest(package)
     _rot_a_byte(store, f"{package}/{data}")
-    v = _verify(store)
+    v = store_cli(store, "verify")
     assert v.returncode == 1 and f"{data} does not match its digest" in v.stdout, v.stdout
-    v = _verify(store, "--repair")
+    v = store_cli(store, "verify", "--repair")
     assert v.returncode == 1 and "verify: repaired: 2 damaged trees evicted" in v.stdout, v.stdout  # package, compile
-    assert _verify(store).returncode == 0
+    assert store_cli(store, "verify").returncode == 0
     r = run_pipeline(store)
     assert r.rc == 0 and r.status()["package"] == "ran" and r.summary["validation"]["passed"], r.err
-    assert _verify(store).returncode == 0
+    assert store_cli(store, "verify").returncode == 0
 
 
 @pytest.fixture
@@ -165,7 +160,7 @@ def test_a_store_whose_disk_fills_mid_export_fails_in_one_line_records_nothing_a
     records = [json.loads(p.read_text())["stage"] for p in (store / "ac").glob("*.json")]
     assert "export" not in records and "load" in records, records
     assert list((store / "tmp").iterdir()) == []  # the failed build's files are gone
-    assert _verify(store).returncode == 0
+    assert store_cli(store, "verify").returncode == 0
 
     ballast.unlink()  # space freed: the next run completes
     r = run_pipeline(store)
@@ -180,4 +175,4 @@ def test_a_store_whose_disk_fills_mid_export_fails_in_one_line_records_nothing_a
     assert r.rc == 1 and "is full" in r.out and "Traceback" not in r.out + r.err, r.out + r.err
     assert sorted(p.name for p in (store / "ac").iterdir()) == before and list((store / "tmp").iterdir()) == []
     ballast.unlink()
-    assert _verify(store).returncode == 0
+    assert store_cli(store, "verify").returncode == 0

@@ -2,30 +2,42 @@
 
 One warm-up run, then ``benchmark.repeats`` timed runs of every prompt (greedy, through the
 same scheduler as ``python -m pipeline.infer``); the medians of each metric are the result, so
-sweep points compare. Keyed like any stage: a cached benchmark is not measured again. An
-AI 100 package is measured on the device (qaicrt); where there is none, the stage records
-that it was skipped rather than timing the ONNX view on the CPU.
+sweep points compare. Keyed like any stage: a cached benchmark is not measured again. A
+package is measured with its target's own session (on its device); where the device is not
+here, the stage records that it was skipped rather than timing the ONNX view on the CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, List, Mapping
 
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, UserError, cfg_field, config_schema, find_target, hook, register_pass
 
 BENCHMARK = "benchmark.json"
-DEFAULT_PROMPTS = ("My name is", "The capital of France is", "Write a haiku about the sea.",
-                   "Explain in one sentence what a compiler does.")
+
+
+@config_schema("benchmark")
+@dataclass
+class BenchmarkConfig:
+    """benchmark.*: a fixed prompt set, generated after a warm-up run, medians of ``repeats``."""
+
+    prompts: List[str] = field(default_factory=lambda: [
+        "My name is", "The capital of France is", "Write a haiku about the sea.",
+        "Explain in one sentence what a compiler does."])
+    generation_len: int = 64
+    repeats: int = 3
+    chat: bool = False
 
 
 @dataclass(frozen=True)
 class BenchmarkParams:
-    prompts: tuple[str, ...] = cfg_field("benchmark.prompts", DEFAULT_PROMPTS)
-    generation_len: int = cfg_field("benchmark.generation_len", 64)
-    repeats: int = cfg_field("benchmark.repeats", 3)
-    chat: bool = cfg_field("benchmark.chat", False)
-    runner: str = ""  # filled by the resolve hook: "qaicrt" where the AI 100 runtime is importable
+    prompts: tuple[str, ...] = cfg_field(BenchmarkConfig, "prompts")
+    generation_len: int = cfg_field(BenchmarkConfig, "generation_len")
+    repeats: int = cfg_field(BenchmarkConfig, "repeats")
+    chat: bool = cfg_field(BenchmarkConfig, "chat")
+    target: str = cfg_field("hw.target", "", kind="target")
+    runner: str = ""  # filled by the resolve hook: what runs the package here (the target's runtime, or onnxruntime)
 
 
 @register_pass("benchmark", params=BenchmarkParams, deps=("onnxruntime", "transformers", "numpy"), materialize=True,
@@ -41,12 +53,12 @@ def benchmark(inputs: Mapping[str, Any], params: BenchmarkParams, out: Path) -> 
 
     package = Path(inputs["package"])
     program = fmt.read_program(package)
-    if program.backend == fmt.QAIC and params.runner != "qaicrt":
-        result = {"target": "skipped", "reason": "no Cloud AI 100 runtime (qaicrt) on this machine"}
+    target = find_target(program.target)
+    if params.runner != target.runtime:
+        result = {"target": "skipped", "reason": target.absent_reason()}
         (out / BENCHMARK).write_text(json.dumps(result, indent=1) + "\n")
         return result
-    device = "ai100" if program.backend == fmt.QAIC else "cpu"
-    session, tokenizer = open_session(package, device), load_tokenizer(package)
+    session, tokenizer = open_session(package), load_tokenizer(package)
 
     def once() -> Any:
         return generate_texts(session, tokenizer, package, list(params.prompts), params.generation_len, params.chat)
@@ -54,7 +66,7 @@ def benchmark(inputs: Mapping[str, Any], params: BenchmarkParams, out: Path) -> 
     once()  # warm-up: first-run allocations and page faults are not what a sweep compares
     runs = [once() for _ in range(params.repeats)]
     metrics = {k: statistics.median(r.perf_metrics[k] for r in runs) for k in runs[0].perf_metrics}
-    result = {"target": "qpc" if device == "ai100" else "package", "perf_metrics": metrics,
+    result = {"target": target.label, "perf_metrics": metrics,
               "prompts": len(params.prompts), "generation_len": params.generation_len, "repeats": params.repeats,
               "batch_size": runs[0].batch_size, "full_batch_size": runs[0].full_batch_size}
     details = {**result, "runs": [r.perf_metrics for r in runs], "generated_ids": runs[0].generated_ids}
@@ -74,9 +86,7 @@ def check(params: BenchmarkParams, facts: Any = None) -> None:
 
 @hook("benchmark", "resolve")
 def resolve(params: BenchmarkParams) -> BenchmarkParams:
-    """Which runtime will run an AI 100 package here (cheap: nothing is imported)."""
+    """What will run the package here: its target's runtime, or ONNX Runtime (cheap: nothing is imported)."""
     import dataclasses
 
-    from passes.targets.ai100.sdk import qaicrt_present
-
-    return dataclasses.replace(params, runner="qaicrt" if qaicrt_present() else "onnxruntime")
+    return dataclasses.replace(params, runner=find_target(params.target).runner())

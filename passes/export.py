@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from passes.targets.shapes import CompileShapes
 from passes.transforms.lora import input_names as lora_names
+from pipeline.pass_api import Needs, UserError, cfg_field, config_schema, hook, register_pass
 from runtime import package_format as fmt
 from runtime.package_format import KV_KINDS
 
@@ -23,14 +24,23 @@ EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_CTX = 2, 3, 37
 EXAMPLE_FULL_BATCH, EXAMPLE_LOGITS_TO_KEEP = 4, 2
 
 
+@config_schema("export")
+@dataclass
+class ExportConfig:
+    """export.*: the ONNX exporter (the decoder's, and the encoder's)."""
+
+    dynamo: bool = False   # False: TorchScript exporter (12 s vs 64 s on SmolLM2, keeps functions)
+    opset: int = 17
+
+
 @dataclass(frozen=True)
 class ExportParams:
-    dynamo: bool = cfg_field("export.dynamo", False)
-    opset: int = cfg_field("export.opset", 17)
+    dynamo: bool = cfg_field(ExportConfig, "dynamo")
+    opset: int = cfg_field(ExportConfig, "opset")
     # Graph variants (must match the transform's): only whether each is set enters the key.
-    full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
-    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
-    attention: str = cfg_field("hw.attention", "scatter")
+    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size", kind="flag")
+    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens", kind="flag")
+    attention: str = cfg_field("hw.attention", "scatter")  # the target's (cpu: chosen per model); AI 100 has none
 
 
 def io_names(num_layers: int, batch_index: bool = False, num_logits_to_keep: bool = False,

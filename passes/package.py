@@ -1,8 +1,9 @@
 """Pass `package`: program files + tokenizer + manifest.json, in the runtime's package format.
 
 The manifest (runtime.package_format.Manifest) holds the program as the compile stage
-described it (signature, specializations with roles, backend files), the model's identity,
-the settings it was built with, library versions and every file's sha256.
+described it (signature, specializations with roles, its files), the target that opens it, the
+model's identity, the settings it was built with, library versions and every file's sha256.
+What a target's package holds beyond that (its plugin's ``package_files``) is the target's.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.pass_api import Needs, cfg_field, register_pass
+from pipeline.pass_api import REQUIRED, Needs, cfg_field, find_target, register_pass
 
 # What a runtime needs from the checkpoint: configuration and tokenizer, never the weights.
 CHECKPOINT_FILES = (
@@ -24,13 +25,15 @@ VERSIONED = ("onnxruntime", "onnx", "torch", "transformers", "onnxscript")
 
 @dataclass(frozen=True)
 class PackageParams:
-    model_name: str = cfg_field("model.name", "")
-    model_source: str = cfg_field("model.source", "")
-    model_hf_id: Optional[str] = cfg_field("model.hf_id", None)
-    export_dynamo: bool = cfg_field("export.dynamo", False)
-    export_opset: int = cfg_field("export.opset", 17)
-    rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
-    adapters: Any = cfg_field("model.adapters", None, kind="paths")  # LoRA weights enter here, not before
+    # Provenance for the manifest: other passes' keys, their owners' schemas give the values.
+    model_name: str = cfg_field("model.name", REQUIRED)
+    model_source: str = cfg_field("model.source", REQUIRED)
+    model_hf_id: Optional[str] = cfg_field("model.hf_id", REQUIRED)
+    export_dynamo: bool = cfg_field("export.dynamo", REQUIRED)
+    export_opset: int = cfg_field("export.opset", REQUIRED)
+    rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", REQUIRED)
+    adapters: Any = cfg_field("model.adapters", REQUIRED, kind="paths")  # LoRA weights enter here, not before
+    target: str = cfg_field("hw.target", "", kind="target")  # its plugin may add files
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
@@ -55,16 +58,12 @@ def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict
     _check_tokenizer(out / fmt.TOKENIZER_DIR)
     if any(v.role == fmt.LORA_WEIGHT for v in program.signature.inputs):
         _write_adapters(out, program.signature, dict(params.adapters or {}))
-    if program.backend == fmt.QAIC:
-        from passes.targets.ai100.package import write_qconfig
-
-        write_qconfig(out, checkpoint, program, params.rewrite_rules)
-
     model = {"name": params.model_name, "source": params.model_source, "hf_id": params.model_hf_id}
     config = {"model": model, "export": {"dynamo": params.export_dynamo, "opset": params.export_opset},
               "rewrite": {"rules": list(params.rewrite_rules)}, **program.build}
+    find_target(program.target).package_files(out, checkpoint, program, config)
     manifest = fmt.Manifest(
-        kind=program.signature.kind, model=model, target=program.build.get("hw", {}).get("target", "?"), program=program,
+        kind=program.signature.kind, model=model, target=program.target, program=program,
         config=config, versions={name: metadata.version(name) for name in VERSIONED}, files=fmt.file_entries(out))
     fmt.write_manifest(out, manifest)
     return {"files": len(manifest.files), "bytes": sum(f["bytes"] for f in manifest.files.values())}

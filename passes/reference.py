@@ -6,16 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, hook, register_pass
 
 ADAPTERS = "adapters"  # adapters/<name>/: each LoRA adapter's reference
 
 
 @dataclass(frozen=True)
 class ReferenceParams:
-    prompt: str = cfg_field("validate.prompt", "The capital of France is")
-    max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
-    adapters: Any = cfg_field("model.adapters", None, kind="paths")  # each LoRA adapter's own reference too
+    # validate's keys and the transform's adapters: their owners' schemas give the values
+    prompt: str = cfg_field("validate.prompt", REQUIRED)
+    max_new_tokens: int = cfg_field("validate.max_new_tokens", REQUIRED)
+    adapters: Any = cfg_field("model.adapters", REQUIRED, kind="paths")  # each LoRA adapter's own reference too
 
 
 @register_pass("reference", params=ReferenceParams, deps=("torch", "transformers", "peft"), materialize=True,

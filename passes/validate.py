@@ -1,12 +1,13 @@
 """Pass `validate`: run the package through runtime/ and compare greedy tokens with the reference.
 
 A hard gate: the package's tokens must equal the reference's, and where the package runs in
-fp32 (ONNX Runtime: a CPU package, or an AI 100 package's ONNX) its logits must be within
-``validate.atol`` of the reference's, since a missed soft-cap or logit scale can keep every
-argmax on a tiny model and pass a token check alone (exit 1 otherwise). For an AI 100
-package: where the Platform SDK's qaicrt is importable, the QPC itself runs on the device
-(``validation.target`` "qpc"); elsewhere ONNX Runtime runs the exact ONNX handed to the
-compiler ("onnx"). Which of the two enters the key (the ``runner`` param).
+fp32 (the target's own session is lossless, or ONNX Runtime runs the program's ONNX view) its
+logits must be within ``validate.atol`` of the reference's, since a missed soft-cap or logit
+scale can keep every argmax on a tiny model and pass a token check alone (exit 1 otherwise).
+The package's target (its plugin, pipeline.target_api) says what runs: where its device is
+here, its own session (``validation.target``: the target's label, e.g. the CPU "package");
+elsewhere ONNX Runtime on the exact ONNX handed to its compiler ("onnx"). Which of the two
+enters the key (the ``runner`` param), and so does the target's code.
 """
 from __future__ import annotations
 
@@ -14,18 +15,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, hook, register_pass
+from passes.targets.shapes import CompileShapes
+from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, config_schema, find_target, hook, register_pass
 
 VALIDATION = "validation.json"
 
 
+@config_schema("validate")
+@dataclass
+class ValidateConfig:
+    """validate.*: the prompt the reference and the package both continue, and the gate."""
+
+    prompt: str = "The capital of France is"
+    max_new_tokens: int = 32
+    atol: float = 1e-3   # max |logit diff| allowed where the package runs in fp32; tokens must be equal everywhere
+
+
 @dataclass(frozen=True)
 class ValidateParams:
-    prompt: str = cfg_field("validate.prompt", "The capital of France is")
-    max_new_tokens: int = cfg_field("validate.max_new_tokens", 32)
-    atol: float = cfg_field("validate.atol", 1e-3)
-    ctx_len: int = cfg_field("compile.ctx_len", 256, kind="note")  # checked against, read from the package
-    runner: str = ""  # filled by the resolve hook: "qaicrt" where the AI 100 runtime is importable
+    prompt: str = cfg_field(ValidateConfig, "prompt")
+    max_new_tokens: int = cfg_field(ValidateConfig, "max_new_tokens")
+    atol: float = cfg_field(ValidateConfig, "atol")
+    ctx_len: int = cfg_field(CompileShapes, "ctx_len", kind="note")  # checked against, read from the package
+    target: str = cfg_field("hw.target", "", kind="target")
+    runner: str = ""  # filled by the resolve hook: what runs the package here (the target's runtime, or onnxruntime)
 
 
 # transformers: the runtime tokenizes with it, so its version can change the ids.
@@ -36,7 +49,8 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
 
     import numpy as np
 
-    from runtime.sessions import open_session
+    from runtime import package_format as fmt
+    from runtime.sessions import open_onnx, open_session
     from runtime.tokenizer import load_tokenizer
 
     package, reference = Path(inputs["package"]), Path(inputs["reference"])
@@ -53,12 +67,13 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
         raise StageFailure(f"validate: the package's tokenizer gives prompt ids {list(ids)[:16]}, "
                            f"the reference {ref['prompt_ids'][:16]}", result=result)
 
-    # A CPU package runs itself; an AI 100 package runs its QPC where qaicrt is, else the
-    # exact ONNX handed to the compiler (the program's validation target).
-    device = "ai100" if params.runner == "qaicrt" and (package / "qpc" / "programqpc.bin").is_file() else "cpu"
-    session = open_session(package, device=device)
-    result["target"] = "qpc" if device == "ai100" else session.program.validation_target
-    gated = result["target"] != "qpc"  # the device's fp16 numerics: tokens only
+    # The target's own session where it runs here, else the program's ONNX view with ONNX Runtime.
+    program = fmt.read_program(package)
+    target = find_target(program.target)
+    own = params.runner == target.runtime and target.runnable(package, program) is None
+    session = open_session(package) if own else open_onnx(package)
+    result["target"] = target.label if own else program.validation_target
+    gated = target.lossless or not own  # a lossy device's numerics: tokens only
     result.update(_compare(session, ids, ref["tokens"], ref_logits, params, gated, out, VALIDATION))
     failures = [] if result["passed"] else [result.pop("failure")]
     # Each LoRA adapter against its own PEFT reference (adapters/<name>/), in its slot.
@@ -128,9 +143,7 @@ def check(params: ValidateParams, facts: Any = None) -> None:
 
 @hook("validate", "resolve")
 def resolve(params: ValidateParams) -> ValidateParams:
-    """Which runtime will run an AI 100 package here (cheap: nothing is imported)."""
+    """What will run the package here: its target's runtime, or ONNX Runtime (cheap: nothing is imported)."""
     import dataclasses
 
-    from passes.targets.ai100.sdk import qaicrt_present
-
-    return dataclasses.replace(params, runner="qaicrt" if qaicrt_present() else "onnxruntime")
+    return dataclasses.replace(params, runner=find_target(params.target).runner())

@@ -40,6 +40,8 @@ def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = 
     memory, the test fault hook, ``pipeline.force``), then ``instruments``.
     """
     plan = prepare(cfg, goals=goals, roles=roles)
+    for note in plan.notes:  # what the plan chose for this model (a target's auto hw values)
+        echo(note)
 
     def run() -> BuildResult:
         executor = Executor(plan, [*default_instruments(plan.force, echo), *instruments], run_dir=run_dir)

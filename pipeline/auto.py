@@ -63,6 +63,20 @@ def model_overrides(model: str | Path, role: str = "model") -> list[str]:
                     "a .gguf file, or a hub id (org/name)")
 
 
+def targets_with(hw_key: str) -> str:
+    """'only with an X target (hw=<presets>)': the targets whose hw schema has the key."""
+    import dataclasses
+
+    from pipeline.config import hw_presets
+    from pipeline.discovery import targets
+
+    having = {name: t for name, t in targets().items() if hw_key in {f.name for f in dataclasses.fields(t.hw_schema)}}
+    presets = sorted(p for p, t in hw_presets().items() if t in having)
+    titles = " or ".join(t.title for t in having.values()) or "no installed"
+    article = "an" if titles[0] in "AEIOUaeiou" else "a"
+    return f"only with {article} {titles} target (hw={' | '.join(presets)})"
+
+
 class _Built:
     """What both classes share: the overrides so far, composing, building, the package."""
 
@@ -110,9 +124,8 @@ class _Built:
                 raise UserError(f"compile: {arg}={value!r} is not allowed; allowed: {', '.join(self.compile_keys)} "
                                 "(other config keys: from_pretrained(..., overrides=[...]))")
             if key.startswith("hw.") and key.split(".", 1)[1] not in cfg.hw:
-                targets = sorted(p.stem for p in (CONF_DIR / "hw").glob("ai100*.yaml"))
-                raise UserError(f"{arg}: {value!r} is not allowed for hw={cfg.hw.target!r}; allowed: only with an AI 100 "
-                                f"target (hw={' | '.join(targets)})")
+                raise UserError(f"{arg}: {value!r} is not allowed for hw={cfg.hw.target!r}; allowed: "
+                                f"{targets_with(key.split('.', 1)[1])}")
             out.append(f"{key}={override_value(value)}")
         return out
 
@@ -290,12 +303,12 @@ class AutoModel(_Built):
         if not texts or not all(isinstance(t, str) and t for t in texts):
             raise UserError(f"texts: {texts!r} is not allowed; allowed: one or more non-empty strings")
         if self._embedder is None:
-            from runtime import package_format as fmt
+            from pipeline.infer import check_runnable
             from runtime.embed import Embedder
 
             package = self._package or self.compile()
-            backend = fmt.read_program(package).backend
-            self._embedder = Embedder(package, device="ai100" if backend == fmt.QAIC else "cpu")
+            check_runnable(package)
+            self._embedder = Embedder(package)  # its own target's session
         return self._embedder.embed(texts)
 
     def encode(self, texts: str | Sequence[str]) -> Any:

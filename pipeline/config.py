@@ -1,18 +1,24 @@
-"""The configuration schema: structured configs for the top-level nodes, registered with Hydra.
+"""The configuration schema: the engine's own nodes, the root configs of the entry points, registered with Hydra.
 
-The dataclasses give Hydra types (a wrong type is caught on composition). Each target's hw
-schema lives with its target (``pipeline.targets`` entry points: passes/targets/*/compile.py)
-and is registered here as ``hw_schema/<target>``, which the hw presets extend. Ranges and
-cross-field rules are the passes' ``check`` hooks, each failure one line naming key, value
-and what is allowed. Presets live in ``conf/``.
+The keys of the passes and targets are theirs: each declares them next to its params
+(``pass_api.config_schema``) and pipeline/schema.py merges them into the top-level nodes. Each
+target's hw schema is its plugin's (``pipeline.targets`` entry points), registered here as
+``hw_schema/<target>``, which the hw presets extend. Here: ``store``, ``pipeline``, ``sweep``, the
+model roles, and each entry point's own keys (infer, embed, serve, publish). A wrong type, or a
+value an Enum does not hold, is caught on composition; ranges and cross-field rules are the
+passes' ``check`` hooks, each failure one line naming key, value and what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 import os
 import secrets
 import time
+import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -20,63 +26,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from pipeline.pass_api import UserError
+from pipeline.report import METRICS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_ROLES = ("model", "draft_model")  # config groups with the same presets (conf/draft_model -> model)
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    source: str = "random"            # hub | local | gguf | random
-    hf_id: Optional[str] = None       # source=hub
-    revision: str = "main"            # source=hub: branch, tag or commit
-    path: Optional[str] = None        # source=local (HF folder) or gguf (file)
-    hf_config: Dict[str, Any] = field(default_factory=dict)  # source=random: an inline HF config
-    tokenizer: Optional[str] = None   # folder or GGUF file; null: the model's own
-    seed: int = 0                     # source=random
-    dtype: str = "float32"
-    num_layers: Optional[int] = None  # keep the first N decoder layers (a layer-truncated draft); null: all
-    adapters: Dict[str, str] = field(default_factory=dict)  # LoRA adapters {name: PEFT folder}, chosen at run time
-
-
-@dataclass
-class ExportConfig:
-    dynamo: bool = False   # False: TorchScript exporter (12 s vs 64 s on SmolLM2, keeps functions)
-    opset: int = 17
-
-
-@dataclass
-class RewriteConfig:
-    rules: List[str] = field(default_factory=lambda: ["optimize"])
-
-
-@dataclass
-class CompileConfig:
-    batch_size: int = 1
-    prefill_seq_len: int = 32
-    ctx_len: int = 256
-    full_batch_size: Optional[int] = None   # continuous batching: KV batch dimension
-    num_speculative_tokens: Any = None      # speculative target: K, or a list of K
-    seq_len: Any = 128                      # an encoder (pipeline=embedding): one length, or a list (a specialization each)
-    max_adapters: int = 8                   # with model.adapters: LoRA slots per package (adding one up to this recompiles nothing)
-    dry_run: bool = False                   # ai100: write the compile plan, run no compiler
-
-
-@dataclass
-class ValidateConfig:
-    prompt: str = "The capital of France is"
-    max_new_tokens: int = 32
-    atol: float = 1e-3   # max |logit diff| allowed where the package runs in fp32 (ONNX Runtime); tokens must be equal everywhere
-    min_cosine: float = 0.9999  # embedding packages: every reference text's cosine similarity with sentence-transformers'
-
-
-@dataclass
-class EmbeddingConfig:
-    """An embedding package (pipeline=embedding): how the encoder's last hidden states become one vector."""
-
-    pooling: Optional[str] = None     # mean | cls | max | avg | module:function; null: the model's own (sentence-transformers config)
-    normalize: Optional[bool] = None  # L2-normalize; null: the model's own
 
 
 @dataclass
@@ -88,34 +41,14 @@ class StoreConfig:
     remote_options: Dict[str, Any] = field(default_factory=dict)  # fsspec storage options (e.g. client_kwargs.endpoint_url)
 
 
-@dataclass
-class BenchmarkConfig:
-    """The benchmark stage: a fixed prompt set, generated after a warm-up run, medians of ``repeats``."""
-
-    prompts: List[str] = field(default_factory=lambda: [
-        "My name is", "The capital of France is", "Write a haiku about the sea.",
-        "Explain in one sentence what a compiler does."])
-    generation_len: int = 64
-    repeats: int = 3
-    chat: bool = False
-
-
-@dataclass
-class SpdConfig:
-    """Speculative decoding (conf/spd, runtime.speculative): the scheme and K, the one source of
-    compile.num_speculative_tokens when the scheme is not none."""
-
-    name: str = "none"                   # none | draft | pld | multiproj
-    num_speculative_tokens: Any = 3      # K, or a list of K (one decode specialization each)
-    max_ngram_size: int = 3              # pld: the longest n-gram looked up
-    speculator: Optional[str] = None     # multiproj: a folder (speculator_config.json, speculator.safetensors); null: random heads
+Metric = StrEnum("Metric", {name: name for name in METRICS})  # what a sweep's heatmap can show
 
 
 @dataclass
 class SweepConfig:
     """The report of a sweep (pipeline.report): the heatmap's metric and axes (swept keys)."""
 
-    metric: Optional[str] = None   # decode_tok_s | ttft_ms | compile_s | package_mb | run_s; null: decode tok/s when benchmarked, else compile s
+    metric: Optional[Metric] = None  # null: decode tok/s when benchmarked, else compile s
     x: Optional[str] = None        # null: the first swept key
     y: Optional[str] = None        # null: the next swept key
 
@@ -126,23 +59,6 @@ class PipelineConfig:
     show_graph: bool = False
     force: List[str] = field(default_factory=list)  # stages to re-run even when cached
     benchmark: bool = False                          # run the benchmark stage (stages with enabled: ${pipeline.benchmark})
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    draft_model: Optional[ModelConfig] = None  # a second model (pipeline=causal_lm_draft), same presets as model
-    hw: Any = MISSING                           # the target's schema (hw_schema/<target>), via its preset
-    export: ExportConfig = field(default_factory=ExportConfig)
-    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
-    compile: CompileConfig = field(default_factory=CompileConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-    spd: SpdConfig = field(default_factory=SpdConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 @dataclass
@@ -157,7 +73,7 @@ class SamplingConfig:
 
 
 @dataclass
-class InferConfig(Config):
+class InferKeys:
     """``python -m pipeline.infer``: the build's config plus what to generate (exactly one prompt source)."""
 
     prompt: Optional[str] = None
@@ -171,7 +87,7 @@ class InferConfig(Config):
 
 
 @dataclass
-class EmbedConfig(Config):
+class EmbedKeys:
     """``python -m pipeline.embed``: the build's config (an embedding pipeline) plus the texts (exactly one source)."""
 
     texts: Optional[List[str]] = None
@@ -186,7 +102,7 @@ class ServeSettings:
 
 
 @dataclass
-class ServeConfig(Config):
+class ServeKeys:
     """``python -m pipeline.serve``: the build's config (or ``serve.package``), where to listen, default sampling."""
 
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -194,7 +110,7 @@ class ServeConfig(Config):
 
 
 @dataclass
-class PublishConfig(Config):
+class PublishKeys:
     """``python -m pipeline.publish``: the build's config plus where to publish its package (pipeline.store.publications)."""
 
     to: Optional[str] = None          # an fsspec URL: a folder, s3://bucket/prefix, ...
@@ -213,23 +129,52 @@ def _package_file(package: str, name: str) -> str:
 _RUN_ID = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+# entry point -> (the name of its root schema in the ConfigStore, the dataclass of its own keys)
+ENTRY_KEYS = {"config": ("base_config", None), "infer": ("infer_config", InferKeys),
+              "publish": ("publish_config", PublishKeys), "embed": ("embed_config", EmbedKeys),
+              "serve": ("serve_config", ServeKeys)}
 _registered: set[str] = set()
 
 
+@functools.lru_cache(maxsize=None)
+def root_config(config_name: str = "config") -> type:
+    """The root dataclass of an entry point: the model roles and hw, every node the passes and
+    targets declare, the engine's own nodes, then the entry point's own keys."""
+    from pipeline.schema import declared_nodes
+
+    nodes = dict(declared_nodes())
+    model = nodes.pop("model")
+    fields: list[tuple[str, Any, Any]] = [
+        ("model", model, field(default_factory=model)),
+        ("draft_model", Optional[model], None),  # a second model (pipeline=causal_lm_draft), same presets as model
+        ("hw", Any, MISSING),                    # the target's schema (hw_schema/<target>), via its preset
+        *((node, cls, field(default_factory=cls)) for node, cls in nodes.items()),
+        ("sweep", SweepConfig, field(default_factory=SweepConfig)),
+        ("store", StoreConfig, field(default_factory=StoreConfig)),
+        ("pipeline", PipelineConfig, field(default_factory=PipelineConfig)),
+    ]
+    extra = ENTRY_KEYS[config_name][1]
+    if extra is not None:
+        types = typing.get_type_hints(extra)
+        fields += [(f.name, types[f.name], field(default=f.default, default_factory=f.default_factory))
+                   for f in dataclasses.fields(extra)]
+    name = "Config" if extra is None else extra.__name__.replace("Keys", "Config")
+    return dataclasses.make_dataclass(name, fields)
+
+
 def register(config_name: str = "config") -> None:
-    """Register the schemas (the entry point's, and every target's hw schema) and resolvers, once."""
-    from pipeline.discovery import target_schemas
+    """Register the schemas (every target's hw schema and presets, the entry point's root) and resolvers, once."""
+    from pipeline.discovery import targets
 
     cs = ConfigStore.instance()
     if "targets" not in _registered:
-        for target, schema in target_schemas().items():
-            cs.store(group="hw_schema", name=target, node=schema)
+        for name, target in targets().items():
+            cs.store(group="hw_schema", name=name, node=target.hw_schema)
+            for preset, node in target.presets.items():  # a plugin's own hw presets (hw=<preset>)
+                cs.store(group="hw", name=preset, node=node)
         _registered.add("targets")
-    schemas = {"config": ("base_config", Config), "infer": ("infer_config", InferConfig),
-               "publish": ("publish_config", PublishConfig), "embed": ("embed_config", EmbedConfig),
-               "serve": ("serve_config", ServeConfig)}
-    if config_name in schemas and config_name not in _registered:
-        cs.store(name=schemas[config_name][0], node=schemas[config_name][1])
+    if config_name in ENTRY_KEYS and config_name not in _registered:
+        cs.store(name=ENTRY_KEYS[config_name][0], node=root_config(config_name))
         _registered.add(config_name)
     if not OmegaConf.has_resolver("package_file"):
         OmegaConf.register_new_resolver("package_file", _package_file)
@@ -242,15 +187,31 @@ def register(config_name: str = "config") -> None:
             x for v in values for x in (v if isinstance(v, (list, tuple)) or OmegaConf.is_list(v) else [v])))
 
 
-def check_config(cfg: Any) -> None:
-    """What no pass checks: the target is one that is installed."""
-    from pipeline.discovery import target_schemas
+def hw_presets() -> dict[str, str]:
+    """hw preset -> its target: conf/hw/*.yaml (by the hw_schema each extends) and the plugins' own presets."""
+    import re
 
-    targets = sorted(target_schemas())
-    if cfg.hw.target not in targets:
-        raise UserError(f"hw.target: {cfg.hw.target!r} is not allowed; allowed: {' | '.join(targets)}")
-    if cfg.get("spd") is not None:
-        check_spd(cfg)
+    from pipeline.discovery import targets
+
+    found = {}
+    for path in sorted((CONF_DIR / "hw").glob("*.yaml")):
+        m = re.search(r"hw_schema/(\w+)", path.read_text())
+        if m:
+            found[path.stem] = m.group(1)
+    for name, target in targets().items():
+        found.update({preset: name for preset in target.presets})
+    return found
+
+
+def check_config(cfg: Any) -> None:
+    """What no pass checks: the target is one that is installed, spd against compile, the store's lock."""
+    from pipeline.target_api import find_target
+
+    try:
+        find_target(cfg.hw.target)
+    except LookupError as e:
+        raise UserError(str(e)) from None
+    check_spd(cfg)
     from pipeline.store.memo import lock_problem
 
     problem = lock_problem(Path(cfg.store.root))
@@ -258,14 +219,9 @@ def check_config(cfg: Any) -> None:
         raise UserError(problem)
 
 
-SPD_SCHEMES = ("none", "draft", "pld", "multiproj")
-
-
 def check_spd(cfg: Any) -> None:
     """spd.* against the compile config: K from spd alone, a prefill that holds K+1 tokens."""
     spd = cfg.spd
-    if spd.name not in SPD_SCHEMES:
-        raise UserError(f"spd.name: {spd.name!r} is not allowed; allowed: {' | '.join(SPD_SCHEMES)} (spd=<scheme>)")
     if spd.name == "none":
         return
     from runtime.package_format import speculative_ks

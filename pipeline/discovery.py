@@ -1,37 +1,31 @@
-"""Passes and targets found by name, through entry points (pyproject.toml), never imported by the engine itself.
+"""Passes, targets and sessions found by name through entry points (pyproject.toml), never imported by the engine itself.
 
     [project.entry-points."pipeline.passes"]   <pass name> = "<module>:<function>"
-    [project.entry-points."pipeline.targets"]  <hw.target> = "<module>:<hw schema dataclass>"
+    [project.entry-points."pipeline.targets"]  <hw.target> = "<module>:<Target class>"   (pipeline.target_api)
+    [project.entry-points."pipeline.sessions"] <hw.target> = "<module>:<Session class>"  (runtime.sessions)
 
-Loading a pass imports its module, which is cheap by contract (pipeline.pass_api). Another
-distribution can add passes and targets by declaring entry points of its own.
+Loading a pass or a target imports its module, which is cheap by contract (pipeline.pass_api).
+Another distribution can add passes and targets by declaring entry points of its own.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 from pipeline.pass_api import REGISTRY, PassSpec, UserError
+from pipeline.target_api import TARGETS, Target, entry_points, find_target, target_names
 
 PASSES = "pipeline.passes"
-TARGETS = "pipeline.targets"
-
-
-@functools.lru_cache(maxsize=None)
-def _entry_points(group: str) -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=group)}
+SESSIONS = "pipeline.sessions"
 
 
 def pass_names() -> list[str]:
-    return sorted(_entry_points(PASSES))
+    return sorted(entry_points(PASSES))
 
 
 def find_pass(name: str, where: str) -> PassSpec:
     """The registered pass of that name; ``where`` is the config key that named it (for the error)."""
     if name not in REGISTRY:
-        ep = _entry_points(PASSES).get(name)
+        ep = entry_points(PASSES).get(name)
         if ep is None:
             known = ", ".join(pass_names()) or "none (the project is not installed: run `make setup`)"
             raise UserError(f"{where}: {name!r} is not a registered pass; allowed: {known}")
@@ -41,6 +35,26 @@ def find_pass(name: str, where: str) -> PassSpec:
     return REGISTRY[name]
 
 
+def targets() -> dict[str, Target]:
+    """hw.target -> the installed target plugin."""
+    return {name: find_target(name) for name in target_names()}
+
+
 def target_schemas() -> dict[str, type]:
     """hw.target -> the hw schema dataclass of that target (registered as ``hw_schema/<target>``)."""
-    return {name: ep.load() for name, ep in _entry_points(TARGETS).items()}
+    return {name: target.hw_schema for name, target in targets().items()}
+
+
+def plugin_modules(target: str) -> list[str]:
+    """The modules of a target's plugin: its class's and its session's (their code enters the keys
+    of the stages that ask the target)."""
+    found = [ep.value.split(":")[0] for group in (TARGETS, SESSIONS) if (ep := entry_points(group).get(target))]
+    return list(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=None)
+def project_distribution() -> str:
+    """The name of the distribution that installed this engine (the one declaring its passes)."""
+    dists = {ep.dist.name for ep in entry_points(PASSES).values() if ep.dist is not None and ep.module.startswith("passes.")}
+    return min(dists) if dists else "pipeline"
+

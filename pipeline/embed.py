@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from pipeline.cli import finish_job, job_dir
 from pipeline.config import register
-from pipeline.infer import read_texts
+from pipeline.infer import check_runnable, read_texts
 from pipeline.pass_api import UserError
 
 CONFIG = "embed"
@@ -51,11 +51,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if manifest.kind != fmt.EMBEDDING:
         message = f"pipeline: a {manifest.kind} package is not an embedding model; allowed: pipeline=embedding"
         return finish_job(run_dir, 2, {**summary, "error": message}, message)
-    try:  # an AI 100 package runs on the device (through qaicrt)
-        embedder = Embedder(result.package, device="ai100" if manifest.program.backend == fmt.QAIC else "cpu",
-                            verify=False)  # the build checked the bytes of what it took from the store
+    try:  # the package's own target's session runs it (a device package on its device)
+        check_runnable(result.package)
+        embedder = Embedder(result.package, verify=False)  # the build checked the bytes of what it took from the store
+    except UserError as e:
+        return finish_job(run_dir, 2, {**summary, "error": str(e)}, str(e))
     except ImportError as e:
-        message = f"hw.target: {manifest.target!r} needs the Cloud AI 100 runtime here; {e}"
+        message = f"hw.target: {manifest.target!r} cannot run its packages here; {e}"
         return finish_job(run_dir, 2, {**summary, "error": message}, message)
     embedder.embed(texts[:1])  # warm-up: the first run allocates ONNX Runtime's buffers
     run = embedder.embed(texts)

@@ -105,5 +105,25 @@ def module_digest(module: str) -> str:
 
 
 def code_digests(module: str) -> dict[str, str]:
-    """{module: sha256 of its source} for the code a pass defined in ``module`` runs."""
+    """{module: sha256 of its source} for the code a pass defined in ``module`` runs. A module of
+    another distribution (a plugin's) counts with its own source and the project modules it imports."""
+    if module_file(module) is None:
+        return _plugin_digests(module)
     return {m: module_digest(m) for m in closure(module)}
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_digests(module: str) -> dict[str, str]:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise RuntimeError(f"module {module} has no Python source to key")
+    source = Path(spec.origin).read_bytes()
+    found = {module: hash_bytes(source)}
+    for node in _import_statements(ast.parse(source, spec.origin).body):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        if isinstance(node, ast.ImportFrom):
+            names += [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if module_file(name) is not None:
+                found.update({m: module_digest(m) for m in closure(name)})
+    return dict(sorted(found.items()))

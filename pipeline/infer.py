@@ -139,27 +139,11 @@ def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, dr
     """Generate with a built package as ``cfg`` says (spd, stream, generation_len, chat, adapter);
     the ExecInfo. UserError for what the package cannot do here. ``verify``: the runtime's check
     on load (False when the build has just checked the bytes)."""
-    from runtime import package_format as fmt
-    from runtime.sessions import open_session
     from runtime.textgen import Streamer, generate_texts
     from runtime.tokenizer import load_tokenizer
 
-    program = fmt.read_program(package)
-    device = "cpu"
-    if program.backend == fmt.QAIC:
-        if not (package / program.qpc / "programqpc.bin").is_file():
-            raise UserError("compile.dry_run: True is not allowed for inference; allowed: false (a package with a "
-                            "compiled qpc/programqpc.bin)")
-        device = "ai100"
-    try:
-        if draft is not None and cfg.spd.name == "draft":  # two sessions taking turns: no spinning threads
-            turns = {"spinning": False} if device == "cpu" else {}
-            session, draft_session = (open_session(package, device, verify, **turns),
-                                      open_session(draft, device, verify, **turns))
-        else:
-            session, draft_session = open_session(package, device, verify), None
-    except ImportError as e:
-        raise UserError(f"hw.target: {program.build.get('hw', {}).get('target')!r} needs the Cloud AI 100 runtime here; {e}") from None
+    session, draft_session = open_for_generation(package, verify, draft if cfg.spd.name == "draft" else None)
+    program = session.program
     tokenizer = tokenizer or load_tokenizer(package)
     on_token = Streamer(tokenizer, len(prompts)) if cfg.stream else None
     generation_len = cfg.generation_len or program.ctx_len
@@ -176,6 +160,33 @@ def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, dr
     if cfg.stream:
         print(flush=True)
     return info
+
+
+def check_runnable(package: Path) -> Any:
+    """The package's program; UserError when its target says it cannot run (e.g. planned, not compiled)."""
+    from pipeline.target_api import find_target
+    from runtime import package_format as fmt
+
+    program = fmt.read_program(package)
+    problem = find_target(program.target).runnable(package, program)
+    if problem:
+        raise UserError(problem)
+    return program
+
+
+def open_for_generation(package: Path, verify: bool | None, draft: Path | None = None) -> tuple[Any, Any]:
+    """(session, draft session or None), each by its package's own target; UserError where the
+    target cannot run the package here (not compiled, or its runtime absent)."""
+    from runtime.sessions import open_session
+
+    program = check_runnable(package)
+    try:
+        if draft is None:
+            return open_session(package, verify=verify), None
+        # two sessions taking turns on the same cores: no spinning threads
+        return open_session(package, verify=verify, spinning=False), open_session(draft, verify=verify, spinning=False)
+    except ImportError as e:
+        raise UserError(f"hw.target: {program.target!r} cannot run its packages here; {e}") from None
 
 
 def make_proposer(cfg: Any, session: Any, draft_session: Any = None) -> Any:

@@ -1,9 +1,10 @@
 """Stage keys: H(pass, code digests, dependency versions, canonical params, input digests).
 
 Everything here is computed without importing a pass's heavy libraries: the code is every
-project module the pass runs (pipeline.fingerprint, read from source), versions come from
-importlib.metadata. No absolute path enters a key: path parameters enter by the digest of
-their content.
+project module the pass runs (pipeline.fingerprint, read from source), and for a pass that
+asks a target (a ``kind="target"`` param) the code of that target's plugin too, which the
+pass reaches by entry point, not by import; versions come from importlib.metadata. No
+absolute path enters a key: path parameters enter by the digest of their content.
 """
 from __future__ import annotations
 
@@ -65,11 +66,23 @@ def _content_digest(memo: DigestMemo | None, key: str, value: Any) -> str:
 def ingredients(spec: PassSpec, keyed_params: dict[str, Any], input_digests: dict[str, str]) -> dict[str, Any]:
     return {
         "pass": spec.name,
-        "code": code_digests(spec.module),
+        "code": stage_code(spec, keyed_params),
         "deps": {d: dist_version(d) for d in spec.deps} | {"python": "%d.%d" % sys.version_info[:2]},
         "params": keyed_params,
         "inputs": dict(input_digests),
     }
+
+
+def stage_code(spec: PassSpec, keyed_params: dict[str, Any]) -> dict[str, str]:
+    """{module: digest} of the code a stage runs: its pass's, and its target plugin's (class and session)."""
+    from pipeline.discovery import plugin_modules
+
+    code = code_digests(spec.module)
+    for f in dataclasses.fields(spec.params):
+        if f.metadata.get("kind") == "target" and keyed_params.get(f.metadata["cfg"]):
+            for module in plugin_modules(keyed_params[f.metadata["cfg"]]):
+                code = {**code, **code_digests(module)}
+    return dict(sorted(code.items()))
 
 
 def key_of(ingr: dict[str, Any]) -> str:

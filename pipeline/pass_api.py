@@ -6,14 +6,27 @@ level (heavy libraries are imported inside the function), so the engine can
 register every pass and compute every key without loading torch or onnx.
 The code a pass runs (its module and the project modules it imports, transitively) is
 found by the engine (pipeline.fingerprint); nothing is listed by hand.
+
+A pass declares the config keys it owns with a schema next to its params
+(``@config_schema("export")`` on a dataclass), and its params read them with
+``cfg_field(Schema, "key")``: each default is written once, in the schema. Targets are plugins
+too (pipeline.target_api, re-exported here): a target's package speaks to passes through it.
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pipeline.target_api import HwSchema, Target, find_target, schema_default
+
 REGISTRY: dict[str, "PassSpec"] = {}
+REQUIRED = "???"  # a schema default a preset must replace (OmegaConf's MISSING)
+# Config schemas: "<module>.<class>" -> (top-level node, dataclass). The engine merges the schemas of
+# one node into it (pipeline/schema.py); ``hw`` schemas are each target's own.
+SCHEMAS: dict[str, tuple[str, type]] = {}
+__all__ = ["HwSchema", "Target", "find_target"]  # the target contract, for target plugins
 
 
 class UserError(Exception):
@@ -40,8 +53,28 @@ class StageFailure(Exception):
         self.result = dict(result or {})
 
 
-def cfg_field(path: str, default: Any = dataclasses.MISSING, *, kind: str = "value") -> Any:
+def config_schema(node: str) -> Callable[[type], type]:
+    """Declare keys of the top-level config node ``node`` with a dataclass (types and defaults, each
+    written here once). Several schemas may declare keys of one node (``compile``: the compiled
+    shapes, the encoder's lengths, a target's dry_run); the engine merges them and refuses a key
+    declared twice. A field typed with an Enum takes only its values (OmegaConf says so in one line)."""
+
+    def decorate(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"config_schema({node!r}): {cls.__name__} is not a dataclass")
+        cls.__config_node__ = node  # type: ignore[attr-defined]
+        SCHEMAS[f"{cls.__module__}.{cls.__qualname__}"] = (node, cls)
+        return cls
+
+    return decorate
+
+
+def cfg_field(path: str | type, default: Any = dataclasses.MISSING, *, kind: str = "value") -> Any:
     """A params field bound to a config path (``"hw.num_cores"``).
+
+    ``cfg_field(Schema, "key")``: the key a schema declares (``config_schema``), with the
+    schema's default; ``cfg_field("root.key", default)`` for a key no schema of this node must
+    declare (an optional key some targets have, e.g. ``hw.attention``).
 
     The path's first part is a config *root*; a pipeline stage may bind it to another root
     (``bind: {model: draft_model}`` reads ``model.path`` from ``draft_model.path``).
@@ -49,7 +82,12 @@ def cfg_field(path: str, default: Any = dataclasses.MISSING, *, kind: str = "val
     its location. ``kind="flag"``: only whether it is set (not None) enters the key, for a
     pass whose output depends on that alone (a graph variant). ``kind="note"``: passed to
     the pass but kept out of the key (must not change the output, e.g. a log level).
+    ``kind="target"``: a target's name (``hw.target``); the key holds the code of that target's
+    plugin too (its class and its session), for a pass that asks the target (pipeline.target_api).
     """
+    if isinstance(path, type):
+        schema, key = path, default
+        path, default = f"{schema.__config_node__}.{key}", _freeze(plain(schema_default(schema, key)))
     meta = {"cfg": path, "kind": kind}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -163,8 +201,19 @@ def params_from_config(params_cls: type, cfg: Any, bind: Mapping[str, str] | Non
                 continue
         if OmegaConf.is_config(node):
             node = OmegaConf.to_container(node, resolve=True)
-        values[f.name] = _freeze(node)
+        values[f.name] = _freeze(plain(node))
     return params_cls(**values)
+
+
+def plain(v: Any) -> Any:
+    """Enum members (typed config values) as their values, inside lists and dicts too: params hold plain data."""
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, (list, tuple)):
+        return type(v)(plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    return v
 
 
 def _freeze(v: Any) -> Any:

@@ -5,13 +5,15 @@ Each stage's params are read from its bound config roots; then, stage by stage i
 pass's ``check`` hook sees them with the facts of the stage's model role (from the ``facts``
 hook of the role's load stage, which comes first), and ``resolve`` fills what the key needs
 (a hub commit, a compiler version). A UserError from a stage bound to another root names
-that root's key (``draft_model.path``).
+that root's key (``draft_model.path``). Once a role's facts are known, the target chooses
+its ``auto`` hw values for that model (``Target.choose``: ``hw.attention=auto``); the later
+stages of the role read the choice, and the plan's ``notes`` say what was chosen and why.
 """
 from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
 from pipeline.pass_api import UserError, params_from_config
+from pipeline.target_api import find_target
 from pipeline.store.local import free_bytes
 from pipeline.store.maintenance import human
 
@@ -38,12 +41,17 @@ class BuildPlan:
     memo: str | None
     graph: Any
     remote: dict[str, Any] | None = None  # store.remote: {"url", "options", "push"} (pipeline.store.remote)
+    notes: list[str] = field(default_factory=list)  # what the plan chose (a target's auto hw values), one line each
 
 
 def type_mismatch(exc: BaseException) -> str | None:
     """OmegaConf's "Value 'x' of type 'str' could not be converted to Integer" (given directly, or
-    met through an interpolation) as 'key: 'x' is not allowed; allowed: ...', or None."""
+    met through an interpolation), or "Invalid value 'x', expected one of [a, b]" (an Enum key), as
+    'key: 'x' is not allowed; allowed: ...', or None."""
     first = str(exc).split("\n")[0]
+    key = re.sub(r"\[\d+\]$", "", getattr(exc, "full_key", None) or "config")  # an item of a list: the list's key
+    if m := re.search(r"Invalid value '(.*)', expected one of \[(.*)\]", first):
+        return f"{key}: {m.group(1)!r} is not allowed; allowed: {' | '.join(m.group(2).split(', '))}"
     m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first)
     if m:
         value, kind = m.group(1), m.group(2)
@@ -51,7 +59,7 @@ def type_mismatch(exc: BaseException) -> str | None:
         value, kind = m.group(2), m.group(1)
     else:
         return None
-    return f"{getattr(exc, 'full_key', None) or 'config'}: {value!r} is not allowed; allowed: a value of type {kind}"
+    return f"{key}: {value!r} is not allowed; allowed: a value of type {kind}"
 
 
 def config_error(exc: BaseException) -> str:
@@ -101,10 +109,12 @@ def _prepare(cfg: Any, resolve: bool, goals: Sequence[str], roles: Sequence[str]
         models[stage.role] = str(node.get("name", stage.role))
     params: dict[str, Any] = {}
     facts: dict[str, Any] = {}
+    chosen: dict[str, dict[str, Any]] = {}  # role -> {hw path: the target's choice for that model}
+    notes: list[str] = []
     resolved: dict[tuple, Any] = {}
     for stage in stages:
         try:
-            p = params_from_config(stage.spec.params, cfg, stage.bind, stage.overrides)
+            p = params_from_config(stage.spec.params, cfg, stage.bind, {**chosen.get(stage.role, {}), **stage.overrides})
         except OmegaConfBaseException:
             raise
         except (TypeError, ValueError) as exc:
@@ -116,6 +126,7 @@ def _prepare(cfg: Any, resolve: bool, goals: Sequence[str], roles: Sequence[str]
                     stage.spec.check(p, facts.get(stage.role))
                 if stage.spec.facts and stage.role not in facts:
                     facts[stage.role] = stage.spec.facts(p)
+                    chosen[stage.role] = _choices(cfg, stage.role, facts[stage.role], notes)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError, OSError) as exc:
                 # a value no check foresaw (a list for a name, a dict for a number, a path too long): still one line
                 detail = " ".join(str(exc).split())
@@ -134,8 +145,19 @@ def _prepare(cfg: Any, resolve: bool, goals: Sequence[str], roles: Sequence[str]
     return BuildPlan(
         stages=stages, by_name={s.name: s for s in stages}, consumers=consumers, params=params, force=force,
         models=models, facts=facts, store_root=Path(cfg.store.root).absolute(), memo=cfg.store.memo, graph=g,
-        remote=_remote(cfg.store),
+        remote=_remote(cfg.store), notes=notes,
     )
+
+
+def _choices(cfg: Any, role: str, facts: Any, notes: list[str]) -> dict[str, Any]:
+    """The target's choices of hw values for the model of ``role`` ({"hw.<key>": value}), noted."""
+    hw = OmegaConf.to_container(cfg.hw, resolve=True)
+    out = {}
+    for key, (value, why) in find_target(cfg.hw.target).choose(hw, facts).items():
+        out[f"hw.{key}"] = value
+        who = "" if role == "model" else f" ({role})"
+        notes.append(f"hw.{key}{who}: {hw.get(key)} -> {value} ({why})")
+    return out
 
 
 def check_preconditions(plan: BuildPlan, stages: list[Stage]) -> None:

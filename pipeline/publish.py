@@ -12,7 +12,6 @@ pipeline``: 0, 1 a stage failed (nothing published) or the upload failed, 2 bad 
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from importlib import metadata
@@ -81,16 +80,18 @@ def _publish_one(cfg: Any, result: Any, role: str, package: Path, remote: Any) -
     from pipeline.store import Store
     from pipeline.store.publications import default_name, publish
 
+    from runtime import package_format as fmt
+
     store = Store(result.store_root)
     key = result.package_keys[role]
     record = store.records.read(key)
-    manifest = json.loads((package / "manifest.json").read_text())
+    manifest = fmt.read_manifest(package)
     if cfg.name is None:
-        name = default_name(manifest["model"]["name"], manifest["target"], key)
+        name = default_name(manifest.model["name"], manifest.target, key)
     else:  # a draft package published beside the model's gets the name and its role
         name = cfg.name if role == "model" else f"{cfg.name}-{role}"
     provenance = provenance_of(cfg, result, role, manifest)
-    done = publish(remote, store, record, name, manifest, provenance)
+    done = publish(remote, store, record, name, manifest.to_json(), provenance)
     print(f"published {done.name} to {done.url}: {done.files} files, {done.bytes / 1e6:.1f} MB; uploaded "
           f"{done.uploaded_bytes} bytes{'' if done.new else ' (already published)'}", flush=True)
     print(f"fetch with: python -m pipeline.fetch {done.url}/{done.name} <dir>", flush=True)
@@ -98,19 +99,20 @@ def _publish_one(cfg: Any, result: Any, role: str, package: Path, remote: Any) -
             "uploaded_bytes": done.uploaded_bytes, "new": done.new}
 
 
-def provenance_of(cfg: Any, result: Any, role: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    config = OmegaConf.to_container(cfg, resolve=True)
+def provenance_of(cfg: Any, result: Any, role: str, manifest: Any) -> dict[str, Any]:
+    """The resolved config (no machine settings), the keys, versions and compiler, the validation, the commit."""
+    from pipeline.discovery import project_distribution
+    from pipeline.target_api import find_target
+
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for key in LOCAL_KEYS:
         config.pop(key, None)
-    hw = manifest.get("program", {}).get("build", {}).get("hw", {})
-    compiler = ({"kind": hw.get("compiler_kind"), "version": hw.get("compiler_version")} if "compiler_version" in hw
-                else {"kind": "onnxruntime", "version": manifest.get("versions", {}).get("onnxruntime")})
     return {
         "config": config,
         "key": result.package_keys[role],
         "stages": {s.name: s.key for s in result.stages if s.role == role and s.key},
-        "versions": {**manifest.get("versions", {}), "ai100-pipeline": _version()},
-        "compiler": compiler,
+        "versions": {**manifest.versions, project_distribution(): _version()},
+        "compiler": find_target(manifest.target).provenance(manifest.program, manifest.versions),
         "validation": result.validations.get(role),
         "git_commit": git_commit(),
     }
@@ -130,8 +132,10 @@ def git_commit() -> str | None:
 
 
 def _version() -> str | None:
+    from pipeline.discovery import project_distribution
+
     try:
-        return metadata.version("ai100-pipeline")
+        return metadata.version(project_distribution())
     except metadata.PackageNotFoundError:
         return None
 

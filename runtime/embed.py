@@ -37,13 +37,14 @@ class EmbedRun:
 class Embedder:
     """An embedding package, loaded: ``embed(texts)``."""
 
-    def __init__(self, package: str | Path, device: str = "cpu", num_threads: int | None = None,
+    def __init__(self, package: str | Path, onnx_view: bool = False, num_threads: int | None = None,
                  verify: bool | None = None):
-        from runtime.sessions import open_session
+        """The package's own target's session runs it, or ``onnx_view``: ONNX Runtime on its ONNX graphs."""
+        from runtime.sessions import open_onnx, open_session
         from runtime.tokenizer import load_tokenizer
 
-        self.session = open_session(package, device=device, verify=verify,
-                                    **({"num_threads": num_threads} if num_threads else {}))
+        opened = open_onnx if onnx_view else open_session
+        self.session = opened(package, verify=verify, **({"num_threads": num_threads} if num_threads else {}))
         self.program = self.session.program
         signature = self.program.signature
         if signature.kind != fmt.EMBEDDING:

@@ -2,10 +2,10 @@
 
 A package is a folder::
 
-    manifest.json   format, kind, model, target, the program (signature, specializations,
-                    backend files and options), build config, library versions, every file's sha256
+    manifest.json   format, kind, model, target, the program (its target, signature, specializations,
+                    files and options), build config, library versions, every file's sha256
     tokenizer/      a Hugging Face tokenizer folder (with the model's config.json)
-    <program files> ONNX graphs and weights (ONNX Runtime) or qpc/ and the compiler's inputs (AI 100)
+    <program files> ONNX graphs and weights, and a target's compiled program and its inputs
 
 A compile stage's output (not yet a package) holds its program files and ``program.json``, the
 ``program`` part of a manifest. A graph folder (export, rewrite) holds ``model.onnx``, its
@@ -14,7 +14,8 @@ external weights and ``io.json``, the graph's :class:`Signature`.
 Roles, not names: every graph input and output has a role (``token_ids``, ``positions``,
 ``past_kv`` of a layer, ...), and every specialization (compiled shape) has its roles
 (``prefill``, ``decode``, ``decode_k`` with its K). Readers look things up by role.
-Standard library only: the passes' cheap hooks and a package without the build code both use it.
+The program names its *target*: the runtime opens a package with that target's session
+(runtime.sessions, by entry point). Standard library only: the passes' cheap hooks and a package without the build code both use it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the program names its target and its compiled binary (2: a backend and a qpc)
 MANIFEST = "manifest.json"
 PROGRAM = "program.json"
 SIGNATURE = "io.json"
@@ -59,14 +60,12 @@ DECODE_K = "decode_k"  # a speculative step: K proposed tokens + 1, logits for e
 EMBED = "embed"        # an encoder's pass over a batch of texts of up to seq_len tokens
 SPEC_ROLES = (PREFILL, DECODE, DECODE_K, EMBED)
 
+# What runs a program's ONNX graphs (the program itself, or a device program's ONNX view)
+ONNXRUNTIME = "onnxruntime"
+
 # ---- kinds of packages (Manifest.kind)
 CAUSAL_LM = "causal_lm"
 EMBEDDING = "embedding"
-
-# ---- backends of a program
-ONNXRUNTIME = "onnxruntime"
-QAIC = "qaic"
-
 
 def speculative_ks(value: Any, key: str = "compile.num_speculative_tokens") -> list[int] | None:
     """None, or the list of K (an int K is a list of one); ValueError naming ``key`` on a bad value."""
@@ -194,23 +193,26 @@ class Specialization:
 
 @dataclass(frozen=True)
 class Program:
-    """What runs: the graph's signature, the compiled shapes, and the backend's files.
+    """What runs: the target that runs it, the graph's signature, the compiled shapes, and the files.
 
+    ``target``: the target whose session opens it (the manifest's ``target``).
     ``graphs``: specialization name -> the ONNX file ONNX Runtime runs for it (a fixed-shape
-    graph each, or one dynamic graph for all). ``weights``: their external data files.
-    ``options``: ONNX Runtime session options. ``qpc``: the AI 100 program folder.
+    graph each, or one dynamic graph for all): the program itself, or its ONNX view where a
+    target compiles it further. ``weights``: their external data files. ``options``: ONNX
+    Runtime session options. ``binary``: the target's compiled program (a file or folder of
+    the package), which its session loads; None where the ONNX graphs are the program.
     ``validation_target``: what validating the package here compares, ``package`` (the program
     itself) or ``onnx`` (the ONNX handed to a compiler). ``build``: the settings it was compiled
     with, ``{"hw": {...}, "compile": {...}}`` (portable: no paths).
     """
 
-    backend: str
+    target: str
     signature: Signature
     specializations: tuple[Specialization, ...]
     graphs: Mapping[str, str] = field(default_factory=dict)
     weights: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
-    qpc: str | None = None
+    binary: str | None = None
     validation_target: str = "package"
     build: Mapping[str, Any] = field(default_factory=dict)  # the hw.* and compile.* settings it was built with
 
@@ -249,16 +251,16 @@ class Program:
         return self.specializations[0].ctx_len
 
     def to_json(self) -> dict[str, Any]:
-        return {"backend": self.backend, "signature": self.signature.to_json(),
+        return {"target": self.target, "signature": self.signature.to_json(),
                 "specializations": [s.to_json() for s in self.specializations], "graphs": dict(self.graphs),
-                "weights": list(self.weights), "options": dict(self.options), "qpc": self.qpc,
+                "weights": list(self.weights), "options": dict(self.options), "binary": self.binary,
                 "validation_target": self.validation_target, "build": dict(self.build)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Program":
-        return cls(d["backend"], Signature.from_json(d["signature"]),
+        return cls(d["target"], Signature.from_json(d["signature"]),
                    tuple(Specialization.from_json(s) for s in d["specializations"]), dict(d.get("graphs", {})),
-                   tuple(d.get("weights", ())), dict(d.get("options", {})), d.get("qpc"),
+                   tuple(d.get("weights", ())), dict(d.get("options", {})), d.get("binary"),
                    d.get("validation_target", "package"), dict(d.get("build", {})))
 
 

@@ -16,14 +16,27 @@ from pipeline import fingerprint
 def test_closure_follows_imports_inside_functions_and_parents():
     package = fingerprint.closure("passes.package")
     # imported inside the pass function, and what those import in turn
-    assert {"passes.lib.files", "runtime.package_format", "passes.targets.ai100.package",
-            "passes.targets.ai100.plan", "passes.targets.ai100.sdk"} <= set(package)
-    assert {"passes", "passes.targets", "passes.targets.ai100", "pipeline", "pipeline.pass_api"} <= set(package)
+    assert {"passes.lib.files", "runtime.package_format", "passes.transforms.lora", "runtime.adapters"} <= set(package)
+    assert {"passes", "passes.transforms", "pipeline", "pipeline.pass_api", "pipeline.target_api"} <= set(package)
     assert "passes.load" not in package and "passes.export" not in package
     validate = fingerprint.closure("passes.validate")
     assert {"runtime.generate", "runtime.session", "runtime.sessions.ort", "runtime.tokenizer"} <= set(validate)
-    assert "runtime.sessions.ai100" in validate  # open_session may run the QPC
     assert "passes.lib.onnx_files" in fingerprint.closure("passes.targets.ort.compile")
+
+
+def test_a_stage_that_asks_its_target_holds_that_target_plugins_code():
+    """The package and validate passes reach a target by entry point, not by import: their keys hold
+    the code of the target they ask (its class, its session, what those import), and no other's."""
+    from pipeline.discovery import find_pass
+    from pipeline.keys import stage_code
+
+    for name in ("package", "validate", "benchmark"):
+        spec = find_pass(name, "test")
+        ai100, cpu = stage_code(spec, {"hw.target": "ai100"}), stage_code(spec, {"hw.target": "cpu"})
+        assert {"passes.targets.ai100.target", "passes.targets.ai100.package", "passes.targets.ai100.plan",
+                "passes.targets.ai100.sdk", "runtime.sessions.ai100"} <= set(ai100), name
+        assert {"passes.targets.ort.target", "runtime.sessions.ort"} <= set(cpu), name
+        assert not any(m.startswith("passes.targets.ai100") or m == "runtime.sessions.ai100" for m in cpu), name
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from passes.export import ExportConfig
 from pipeline.pass_api import Needs, cfg_field, hook, register_pass
 from runtime import package_format as fmt
 
@@ -21,8 +22,8 @@ OUTPUT = "sentence_embedding"
 
 @dataclass(frozen=True)
 class ExportEncoderParams:
-    dynamo: bool = cfg_field("export.dynamo", False)
-    opset: int = cfg_field("export.opset", 17)
+    dynamo: bool = cfg_field(ExportConfig, "dynamo")
+    opset: int = cfg_field(ExportConfig, "opset")
 
 
 def signature(hidden: int) -> fmt.Signature:

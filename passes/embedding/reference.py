@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from passes.embedding import transform
 from passes.embedding.transform import EmbeddingParams, settings
+from passes.targets.shapes import EncoderShapes
 from pipeline.pass_api import Needs, cfg_field, hook, register_pass
 
 REFERENCE = "reference.json"
@@ -39,7 +40,7 @@ TEXTS = (
 
 @dataclass(frozen=True)
 class EmbeddingReferenceParams(EmbeddingParams):
-    seq_len: Any = cfg_field("compile.seq_len", 128)  # the longest length is the truncation length
+    seq_len: Any = cfg_field(EncoderShapes, "seq_len")  # the longest length is the truncation length
 
 
 def max_length(seq_len: Any) -> int:

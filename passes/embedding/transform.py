@@ -10,16 +10,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from passes.embedding import pooling
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, UserError, cfg_field, config_schema, hook, register_pass
+
+
+@config_schema("embedding")
+@dataclass
+class EmbeddingConfig:
+    """embedding.*: how the encoder's last hidden states become one vector (pipeline=embedding)."""
+
+    pooling: Optional[str] = None     # mean | cls | max | avg | module:function; null: the model's own (sentence-transformers config)
+    normalize: Optional[bool] = None  # L2-normalize; null: the model's own
 
 
 @dataclass(frozen=True)
 class EmbeddingParams:
-    pooling: Any = cfg_field("embedding.pooling", None)      # mean | cls | max | avg | module:function; null: the model's
-    normalize: Any = cfg_field("embedding.normalize", None)  # true | false; null: the model's own
+    pooling: Any = cfg_field(EmbeddingConfig, "pooling")
+    normalize: Any = cfg_field(EmbeddingConfig, "normalize")
     pooling_source: str = ""  # filled by the resolve hook: a pooling function's module digest
 
 

@@ -13,14 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, config_schema, hook, register_pass
 
 VALIDATION = "validation.json"
 
 
+@config_schema("validate")
+@dataclass
+class EmbeddingGate:
+    """validate.min_cosine: an embedding package's gate (pipeline=embedding)."""
+
+    min_cosine: float = 0.9999  # every reference text's cosine similarity with sentence-transformers'
+
+
 @dataclass(frozen=True)
 class ValidateEmbeddingParams:
-    min_cosine: float = cfg_field("validate.min_cosine", 0.9999)
+    min_cosine: float = cfg_field(EmbeddingGate, "min_cosine")
 
 
 @register_pass("validate_embedding", params=ValidateEmbeddingParams, deps=("onnxruntime", "transformers"),
@@ -34,7 +42,7 @@ def validate_embedding(inputs: Mapping[str, Any], params: ValidateEmbeddingParam
     package, reference = Path(inputs["package"]), Path(inputs["reference"])
     ref = json.loads((reference / REFERENCE).read_text())
     want = np.load(reference / EMBEDDINGS)
-    embedder = Embedder(package)
+    embedder = Embedder(package, onnx_view=True)
     if embedder.max_length != ref["max_length"]:
         raise RuntimeError(f"validate_embedding: the reference cut texts at {ref['max_length']} tokens, the package "
                            f"at {embedder.max_length}")

@@ -6,42 +6,67 @@ The heavy work is in sources.py, imported when the pass runs.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import importlib.util
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping, Optional
 
+from passes.lib.transformers_source import causal_lm_classes
 from passes.load.facts import ModelFacts, model_facts
 from passes.load.gguf_header import is_gguf
 from passes.load.hf_cache import cached_commit, hf_cache_dir, is_commit
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_schema, hook, register_pass
 
 HUB_TIMEOUT_S = 4.0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-SOURCES = ("hub", "local", "gguf", "random")
 SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "max_position_embeddings", "n_layer", "n_embd", "n_head", "n_positions",
                "n_inner", "n_ctx", "num_layers", "num_heads", "d_model", "ffn_dim", "num_kv_heads", "max_seq_len")
-DTYPES = ("float32",)
+
+
+class Source(StrEnum):
+    hub = "hub"
+    local = "local"
+    gguf = "gguf"
+    random = "random"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+
+
+@config_schema("model")
+@dataclass
+class ModelConfig:
+    """model.* (and draft_model.*): where the model comes from."""
+
+    name: str = REQUIRED
+    source: Source = Source.random
+    hf_id: Optional[str] = None       # source=hub
+    revision: str = "main"            # source=hub: branch, tag or commit
+    path: Optional[str] = None        # source=local (HF folder) or gguf (file)
+    hf_config: Dict[str, Any] = field(default_factory=dict)  # source=random: an inline HF config
+    tokenizer: Optional[str] = None   # folder or GGUF file; null: the model's own
+    seed: int = 0                     # source=random
+    dtype: Dtype = Dtype.float32
+    num_layers: Optional[int] = None  # keep the first N decoder layers (a layer-truncated draft); null: all
 
 
 @dataclass(frozen=True)
 class LoadParams:
-    source: str = cfg_field("model.source", "random")
-    hf_id: str | None = cfg_field("model.hf_id", None)
-    revision: str = cfg_field("model.revision", "main")
-    path: str | None = cfg_field("model.path", None, kind="path")
-    hf_config: dict | None = cfg_field("model.hf_config", None)
-    tokenizer: str | None = cfg_field("model.tokenizer", None, kind="path")
-    seed: int = cfg_field("model.seed", 0)
-    dtype: str = cfg_field("model.dtype", "float32")
-    num_layers: int | None = cfg_field("model.num_layers", None)  # keep the first N decoder layers (a truncated draft)
+    source: str = cfg_field(ModelConfig, "source")
+    hf_id: str | None = cfg_field(ModelConfig, "hf_id")
+    revision: str = cfg_field(ModelConfig, "revision")
+    path: str | None = cfg_field(ModelConfig, "path", kind="path")
+    hf_config: dict | None = cfg_field(ModelConfig, "hf_config")
+    tokenizer: str | None = cfg_field(ModelConfig, "tokenizer", kind="path")
+    seed: int = cfg_field(ModelConfig, "seed")
+    dtype: str = cfg_field(ModelConfig, "dtype")
+    num_layers: int | None = cfg_field(ModelConfig, "num_layers")
 
 
 @register_pass(
@@ -90,10 +115,6 @@ def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any
 @hook("load", "check")
 def check(params: LoadParams, facts: Any = None) -> None:
     src = params.source
-    if src not in SOURCES:
-        raise UserError(f"model.source: {src!r} is not allowed; allowed: {' | '.join(SOURCES)}")
-    if params.dtype not in DTYPES:
-        raise UserError(f"model.dtype: {params.dtype!r} is not allowed; allowed: {' | '.join(DTYPES)}")
     if src == "hub" and not params.hf_id:
         raise UserError(f"model.hf_id: {params.hf_id!r} is not allowed; source=hub needs a hub id like org/name")
     if params.hf_config is not None and not isinstance(params.hf_config, Mapping):
@@ -151,31 +172,11 @@ def check(params: LoadParams, facts: Any = None) -> None:
             raise UserError(f"model.tokenizer: {params.tokenizer!r} has no tokenizer files; allowed: a tokenizer folder or a GGUF file")
 
 
-@functools.lru_cache(maxsize=1)
 def causal_lm_model_types() -> frozenset[str] | None:
-    """Model types AutoModelForCausalLM knows, read from transformers' source without importing it.
-
-    Parses the literal ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` in models/auto/modeling_auto.py;
-    None (the check is skipped) when transformers is absent or that file changed shape.
-    """
-    spec = importlib.util.find_spec("transformers")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    source = Path(list(spec.submodule_search_locations)[0]) / "models" / "auto" / "modeling_auto.py"
-    try:
-        tree = ast.parse(source.read_text())
-    except (OSError, SyntaxError):
-        return None
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], "id", None) == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
-                and isinstance(node.value, ast.Call) and node.value.args):
-            try:
-                pairs = ast.literal_eval(node.value.args[0])
-            except ValueError:
-                return None
-            return frozenset(k for k, _ in pairs) or None
-    return None
+    """Model types AutoModelForCausalLM knows, read from transformers' source without importing it;
+    None (the check is skipped) when transformers is absent or that source changed shape."""
+    classes = causal_lm_classes()
+    return frozenset(classes) if classes else None
 
 
 @hook("load", "resolve")

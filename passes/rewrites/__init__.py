@@ -1,23 +1,34 @@
 """Pass `rewrite`: apply named ONNX graph rewrites (rewrite.rules, in order) to an exported model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, List, Mapping
 
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from passes.rewrites.rules import RULES
+from pipeline.pass_api import Needs, UserError, cfg_field, config_schema, hook, register_pass
+
+Rule = StrEnum("Rule", {name: name for name in RULES})  # the named rewrites (rules.py)
+
+
+@config_schema("rewrite")
+@dataclass
+class RewriteConfig:
+    """rewrite.*: the graph rewrites applied to the export, in order (the AI 100 presets add rms_norm)."""
+
+    rules: List[Rule] = field(default_factory=lambda: [Rule.optimize])
 
 
 @dataclass(frozen=True)
 class RewriteParams:
-    rules: tuple[str, ...] = cfg_field("rewrite.rules", ("optimize",))
+    rules: tuple[str, ...] = cfg_field(RewriteConfig, "rules")
 
 
 @register_pass("rewrite", params=RewriteParams, deps=("onnx", "onnxscript", "onnx_ir"), materialize=True,
                needs=Needs(modules=("onnx", "onnxscript", "onnx_ir"), weight_copies=1))
 def rewrite(inputs: Mapping[str, Any], params: RewriteParams, out: Path) -> dict[str, Any]:
     from passes.lib import onnx_files
-    from passes.rewrites.rules import RULES
     from runtime import package_format as fmt
 
     src = Path(inputs["onnx"])
@@ -34,8 +45,6 @@ def rewrite(inputs: Mapping[str, Any], params: RewriteParams, out: Path) -> dict
 
 @hook("rewrite", "check")
 def check(params: RewriteParams, facts: Any = None) -> None:
-    from passes.rewrites.rules import RULES  # cheap: the rules import their libraries when applied
-
     for name in params.rules:
         if name not in RULES:
             raise UserError(f"rewrite.rules: {name!r} is not a rewrite; allowed: {', '.join(RULES)}")

@@ -10,33 +10,69 @@ its experts made dense (moe.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping, Optional
 
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from passes.targets.shapes import CompileShapes
+from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_schema, hook, register_pass
 
-
-ATTENTIONS = ("scatter", "gqa")
 MULTIPROJ = "multiproj"  # spd.name whose target carries speculator heads
 GQA_ATTENTION = "ai100pipeline_gqa"  # the name it has in transformers' attention interface
+SCATTER = "scatter"  # the graph's KV convention where the target's hw schema has no hw.attention (AI 100's)
+
+
+class SpdScheme(StrEnum):
+    none = "none"
+    draft = "draft"
+    pld = "pld"
+    multiproj = "multiproj"
+
+
+@config_schema("spd")
+@dataclass
+class SpdConfig:
+    """spd.* (conf/spd, runtime.speculative): the scheme and K, the one source of
+    compile.num_speculative_tokens when the scheme is not none."""
+
+    name: SpdScheme = SpdScheme.none
+    num_speculative_tokens: Any = 3      # K, or a list of K (one decode specialization each)
+    max_ngram_size: int = 3              # pld: the longest n-gram looked up
+    speculator: Optional[str] = None     # multiproj: a folder (speculator_config.json, speculator.safetensors); null: random heads
+
+
+@config_schema("model")
+@dataclass
+class ModelAdapters:
+    """model.adapters: LoRA adapters {name: PEFT folder} in one package, chosen at run time."""
+
+    adapters: Dict[str, str] = field(default_factory=dict)
+
+
+@config_schema("compile")
+@dataclass
+class AdapterSlots:
+    """compile.max_adapters: with model.adapters, LoRA slots per package (adding one up to this recompiles nothing)."""
+
+    max_adapters: int = 8
 
 
 @dataclass(frozen=True)
 class StaticKvParams:
     # Graph variants: only whether each is set matters (the sizes are compile parameters).
-    full_batch_size: Any = cfg_field("compile.full_batch_size", None, kind="flag")
-    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None, kind="flag")
-    attention: str = cfg_field("hw.attention", "scatter")  # the target's hw schema sets it (cpu: gqa)
+    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size", kind="flag")
+    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens", kind="flag")
+    attention: str = cfg_field("hw.attention", SCATTER)  # the target's hw schema (cpu: chosen per model)
     # Multi-projection speculator heads (spd=multiproj): from a folder, or random (seeded, max K of them).
-    spd: str = cfg_field("spd.name", "none")
-    speculator: Any = cfg_field("spd.speculator", None, kind="path")
-    num_heads: Any = cfg_field("spd.num_speculative_tokens", None)
-    seed: int = cfg_field("model.seed", 0)
+    spd: str = cfg_field(SpdConfig, "name")
+    speculator: Any = cfg_field(SpdConfig, "speculator", kind="path")
+    num_heads: Any = cfg_field(SpdConfig, "num_speculative_tokens")
+    seed: int = cfg_field("model.seed", REQUIRED)
     # LoRA adapters as graph inputs (lora.py): only their largest rank and target modules shape the
     # graph (filled by the resolve hook); the folders are read by the package.
-    adapters: Any = cfg_field("model.adapters", None, kind="note")
-    max_adapters: Any = cfg_field("compile.max_adapters", 8)
+    adapters: Any = cfg_field(ModelAdapters, "adapters", kind="note")
+    max_adapters: Any = cfg_field(AdapterSlots, "max_adapters")
     lora_rank: Any = None
     lora_targets: Any = None
 
@@ -73,8 +109,6 @@ def _projections(model: Any, params: StaticKvParams) -> Any:
 @hook("static_kv", "check")
 def check(params: StaticKvParams, facts: Any = None) -> None:
     check_adapters(params.adapters, params.max_adapters)
-    if params.attention not in ATTENTIONS:
-        raise UserError(f"hw.attention: {params.attention!r} is not allowed; allowed: {' | '.join(ATTENTIONS)}")
     if params.spd == MULTIPROJ and params.speculator is not None:
         folder = Path(params.speculator)
         if not (folder / "speculator_config.json").is_file() or not (folder / "speculator.safetensors").is_file():

@@ -76,8 +76,10 @@ def default_memo_path(root: Path, fstype: str | None = None) -> Path:
     fstype = fstype or filesystem_type(root) or ""
     if fstype in NETWORK_FS or fstype.startswith("nfs"):
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        from pipeline.discovery import project_distribution
+
         name = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:16]
-        return cache / "ai100-pipeline" / f"memo-{name}.sqlite"
+        return cache / project_distribution() / f"memo-{name}.sqlite"
     return Path(root) / "local" / "memo.sqlite"
 
 

@@ -37,16 +37,17 @@ def import_qaicrt() -> tuple[Any, Any]:
 
 
 class AI100Session:
-    """Loads ``<package>/qpc/programqpc.bin`` on ``device_ids`` and runs one inference per call."""
+    """Loads ``<package>/qpc/programqpc.bin`` on ``device_ids`` and runs one inference per call.
+    ``spinning`` (an option every session takes) changes nothing: the device runs the program."""
 
     keeps_kv = True
 
-    def __init__(self, package_dir: str | Path, device_ids: Sequence[int] = (0,)):
+    def __init__(self, package_dir: str | Path, device_ids: Sequence[int] = (0,), spinning: bool = True):
         qaicrt, api = import_qaicrt()
         self.dir = Path(package_dir)
         self.program = read_program(self.dir)
-        if not self.program.qpc:
-            raise ValueError(f"{self.dir}: the package has no AI 100 program (backend {self.program.backend})")
+        if not self.program.binary:
+            raise ValueError(f"{self.dir}: the package has no AI 100 program (its target is {self.program.target})")
         sig = self.program.signature
         self._kv_names = {v.name for v in sig.past_kv()} | {sig.retained(v).name for v in sig.past_kv()}
         from runtime import adapters
@@ -55,7 +56,7 @@ class AI100Session:
 
         self._context = qaicrt.Context()
         self._queue = qaicrt.Queue(self._context, device_ids[0])
-        qpc = qaicrt.Qpc(str(self.dir / self.program.qpc))
+        qpc = qaicrt.Qpc(str(self.dir / self.program.binary))
         status, raw = qpc.getIoDescriptor()
         _check(status, "read the QPC's IO descriptor")
         desc = api.IoDesc()

@@ -21,16 +21,16 @@ The compiler (Apps SDK, see AI100.md) is found by the ``resolve`` hook (sdk.py):
 else /opt/qti-aic/exec/qaic-compile, else /opt/qti-aic/exec/qaic-exec (older SDKs, with
 -compile-only). Its path stays out of the key; its version enters it. Without a compiler the
 ``check`` hook stops the run before anything is built, unless compile.dry_run=true
-(everything above but qpc/). ``Ai100Hw`` is the hw schema of the ai100 target.
+(everything above but qpc/). The ai100 target's hw schema and plugin are in target.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from passes.targets import specializations as spz
 from passes.targets.ai100.plan import (
@@ -38,56 +38,46 @@ from passes.targets.ai100.plan import (
     mdp_config, mdp_file, script_text,
 )
 from passes.targets.ai100.sdk import compiler_candidates, compiler_kind, compiler_version, find_compiler, sdk_default
-from pipeline.pass_api import Needs, UserError, cfg_field, config_of, hook, register_pass
+from passes.targets.ai100.target import Ai100Hw
+from passes.targets.shapes import CompileShapes, EncoderShapes
+from pipeline.pass_api import Needs, UserError, cfg_field, config_of, config_schema, hook, register_pass
 
-KV_DTYPES = ("float16", "mxint8", "bfloat16")
+TARGET = Ai100Hw.target  # the program's target: its session opens the package
 MAX_CORES = 16
 # External data files handed to the compiler: each at most this big (the reference library's
 # chunk size; each tensor's protobuf stays far below the 2 GB limit since the data is external).
 MAX_FILE_BYTES = 10 * 2**30
 
 
+@config_schema("compile")
 @dataclass
-class Ai100Hw:
-    """hw.* of the ai100 target (conf/hw/ai100_*.yaml)."""
+class PlanOnly:
+    """compile.dry_run: write the compile plan (compile.sh and its inputs), run no compiler."""
 
-    target: str = "ai100"
-    compile_pass: str = "compile_ai100"
-    num_cores: int = 16                    # cores per device
-    num_devices: int = 1                   # > 1: tensor slicing (mdp_ts_<N>.json)
-    compiler: Optional[str] = None         # path; null: qaic-compile, then qaic-exec, in /opt/qti-aic/exec
-    hw_version: str = "ai100"              # -aic-hw-version
-    mxfp6_matmul: bool = True
-    kv_cache_dtype: str = "float16"        # float16 | mxint8 | bfloat16
-    mos: Optional[int] = None
-    ols: Optional[int] = None
-    aic_enable_depth_first: bool = False
-    specialization_format: str = "flat"    # flat | named
-    extra_options: Dict[str, Any] = field(default_factory=dict)  # some_option: True -> -some-option
-    compile_timeout_s: Optional[float] = None  # none: real compiles take hours
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
 class CompileAi100Params:
-    compiler: Optional[str] = cfg_field("hw.compiler", None, kind="note")  # its version enters the key
-    num_cores: int = cfg_field("hw.num_cores", 16)
-    num_devices: int = cfg_field("hw.num_devices", 1)
-    hw_version: str = cfg_field("hw.hw_version", "ai100")
-    mxfp6_matmul: bool = cfg_field("hw.mxfp6_matmul", False)
-    kv_cache_dtype: str = cfg_field("hw.kv_cache_dtype", "float16")
-    mos: Optional[int] = cfg_field("hw.mos", None)
-    ols: Optional[int] = cfg_field("hw.ols", None)
-    aic_enable_depth_first: bool = cfg_field("hw.aic_enable_depth_first", False)
-    specialization_format: str = cfg_field("hw.specialization_format", "flat")
-    extra_options: dict = cfg_field("hw.extra_options", {})
-    compile_timeout_s: Optional[float] = cfg_field("hw.compile_timeout_s", None, kind="note")
-    batch_size: int = cfg_field("compile.batch_size", 1)
-    prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
-    ctx_len: int = cfg_field("compile.ctx_len", 256)
-    full_batch_size: Any = cfg_field("compile.full_batch_size", None)
-    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
-    seq_len: Any = cfg_field("compile.seq_len", 128)  # an encoder's lengths (one, or a list)
-    dry_run: bool = cfg_field("compile.dry_run", False)
+    compiler: Optional[str] = cfg_field(Ai100Hw, "compiler", kind="note")  # its version enters the key
+    num_cores: int = cfg_field(Ai100Hw, "num_cores")
+    num_devices: int = cfg_field(Ai100Hw, "num_devices")
+    hw_version: str = cfg_field(Ai100Hw, "hw_version")
+    mxfp6_matmul: bool = cfg_field(Ai100Hw, "mxfp6_matmul")
+    kv_cache_dtype: str = cfg_field(Ai100Hw, "kv_cache_dtype")
+    mos: Optional[int] = cfg_field(Ai100Hw, "mos")
+    ols: Optional[int] = cfg_field(Ai100Hw, "ols")
+    aic_enable_depth_first: bool = cfg_field(Ai100Hw, "aic_enable_depth_first")
+    specialization_format: str = cfg_field(Ai100Hw, "specialization_format")
+    extra_options: dict = cfg_field(Ai100Hw, "extra_options")
+    compile_timeout_s: Optional[float] = cfg_field(Ai100Hw, "compile_timeout_s", kind="note")
+    batch_size: int = cfg_field(CompileShapes, "batch_size")
+    prefill_seq_len: int = cfg_field(CompileShapes, "prefill_seq_len")
+    ctx_len: int = cfg_field(CompileShapes, "ctx_len")
+    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size")
+    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens")
+    seq_len: Any = cfg_field(EncoderShapes, "seq_len")  # an encoder's lengths (one, or a list)
+    dry_run: bool = cfg_field(PlanOnly, "dry_run")
     # Filled by the resolve hook (no config path: they enter the key under these names).
     compiler_version: str = ""
     compiler_kind: str = ""      # qaic-compile | qaic-exec (needs -compile-only)
@@ -132,10 +122,10 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
     # The device program, and the ONNX handed to the compiler as its view for ONNX Runtime (one
     # dynamic graph serves every specialization), so the package validates where no device is.
     build = config_of(params)
-    build["hw"].update(target="ai100", compiler_kind=params.compiler_kind, compiler_version=params.compiler_version)
+    build["hw"].update(target=TARGET, compiler_kind=params.compiler_kind, compiler_version=params.compiler_version)
     fmt.write_program(out, fmt.Program(
-        fmt.QAIC, signature, specs, graphs={s.name: onnx_files.MODEL for s in specs}, weights=tuple(data_files),
-        options={"intra_op_num_threads": 0}, qpc=QPC_DIR, validation_target="onnx", build=build))
+        TARGET, signature, specs, graphs={s.name: onnx_files.MODEL for s in specs}, weights=tuple(data_files),
+        options={"intra_op_num_threads": 0}, binary=QPC_DIR, validation_target="onnx", build=build))
     result = {"command": portable, "seconds": 0.0, "compiler_version": params.compiler_version,
               "dry_run": params.dry_run, "output_tail": "", "fp16_clipped": clipped}
     if params.dry_run:
@@ -152,10 +142,6 @@ def _bad(key: str, value: Any, allowed: str) -> UserError:
 def check(params: CompileAi100Params, facts: Any = None) -> None:
     """Bad values and a missing compiler: one line each, exit 2, before anything runs."""
     p = params
-    if p.kv_cache_dtype not in KV_DTYPES:
-        raise _bad("hw.kv_cache_dtype", p.kv_cache_dtype, " | ".join(KV_DTYPES))
-    if p.specialization_format not in spz.FORMATS:
-        raise _bad("hw.specialization_format", p.specialization_format, " | ".join(spz.FORMATS))
     if not isinstance(p.num_devices, int) or p.num_devices < 1:
         raise _bad("hw.num_devices", p.num_devices, "an integer >= 1")
     if not isinstance(p.num_cores, int) or not 1 <= p.num_cores <= MAX_CORES:

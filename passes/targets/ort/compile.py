@@ -9,7 +9,7 @@ decode_k<K>.onnx) with fixed shapes, sharing the rewrite's weights file(s). An e
 (an embedding model): one dynamic ``model.onnx`` for every compiled length. Either way
 ``program.json`` (runtime.package_format.Program: the signature, the specializations with their
 roles, the graph of each, the session options).
-``OrtHw`` is the hw schema of the cpu target (conf/hw/cpu.yaml).
+The cpu target's hw schema and plugin are in target.py.
 """
 from __future__ import annotations
 
@@ -19,28 +19,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from passes.targets import specializations as spz
+from passes.targets.ort.target import OrtHw
+from passes.targets.shapes import CompileShapes, EncoderShapes
 from pipeline.pass_api import Needs, UserError, cfg_field, config_of, hook, register_pass
-
-
-@dataclass
-class OrtHw:
-    """hw.* of the cpu target: ONNX Runtime on the host. No AI 100 key exists here."""
-
-    target: str = "cpu"
-    compile_pass: str = "compile_ort"   # the pass that builds the program for this target
-    num_cores: int = 2                  # intra-op threads of the package's sessions
-    attention: str = "gqa"              # gqa: ONNX Runtime's GroupQueryAttention, KV in place; scatter: the AI 100 graph
 
 
 @dataclass(frozen=True)
 class CompileOrtParams:
-    num_cores: int = cfg_field("hw.num_cores", 2)
-    batch_size: int = cfg_field("compile.batch_size", 1)
-    prefill_seq_len: int = cfg_field("compile.prefill_seq_len", 32)
-    ctx_len: int = cfg_field("compile.ctx_len", 256)
-    full_batch_size: Any = cfg_field("compile.full_batch_size", None)
-    num_speculative_tokens: Any = cfg_field("compile.num_speculative_tokens", None)
-    seq_len: Any = cfg_field("compile.seq_len", 128)  # an encoder's lengths (one, or a list)
+    num_cores: int = cfg_field(OrtHw, "num_cores")
+    batch_size: int = cfg_field(CompileShapes, "batch_size")
+    prefill_seq_len: int = cfg_field(CompileShapes, "prefill_seq_len")
+    ctx_len: int = cfg_field(CompileShapes, "ctx_len")
+    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size")
+    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens")
+    seq_len: Any = cfg_field(EncoderShapes, "seq_len")  # an encoder's lengths (one, or a list)
+
+
+TARGET = OrtHw.target  # the program's target: its session opens the package
 
 
 @register_pass("compile_ort", params=CompileOrtParams, deps=("onnx", "onnxruntime"), materialize=True,
@@ -92,8 +87,8 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
     options = {"intra_op_num_threads": params.num_cores, "inter_op_num_threads": 1,
                "execution_mode": "sequential", "graph_optimization_level": "all"}
     build = config_of(params)
-    build["hw"]["target"] = "cpu"
-    program = fmt.Program(fmt.ONNXRUNTIME, signature, specs, graphs, tuple(weights), options, build=build)
+    build["hw"]["target"] = TARGET
+    program = fmt.Program(TARGET, signature, specs, graphs, tuple(weights), options, build=build)
     fmt.write_program(out, program)
     load_seconds = _prove_loads(out, program)
     return {**result, "graphs": sorted(set(graphs.values())), "load_seconds": load_seconds}

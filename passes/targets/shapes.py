@@ -1,0 +1,32 @@
+"""The compiled shapes' config keys (compile.*), the same for every target: declared once, read by the passes that shape a graph.
+
+A schema module only (no logic), so the passes reading these keys (the transform and export
+for the graph variants, the compile passes, validation) do not take each other's code into
+their keys. passes/targets/specializations.py plans the shapes from them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pipeline.pass_api import config_schema
+
+
+@config_schema("compile")
+@dataclass
+class CompileShapes:
+    """compile.*: a causal LM's compiled shapes."""
+
+    batch_size: int = 1
+    prefill_seq_len: int = 32
+    ctx_len: int = 256
+    full_batch_size: Optional[int] = None   # continuous batching: KV batch dimension
+    num_speculative_tokens: Any = None      # speculative target: K, or a list of K
+
+
+@config_schema("compile")
+@dataclass
+class EncoderShapes:
+    """compile.seq_len: an encoder's compiled lengths (pipeline=embedding)."""
+
+    seq_len: Any = 128                      # one length, or a list (a specialization each)

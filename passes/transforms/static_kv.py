@@ -190,190 +190,47 @@ def build_wrapper(model: Any, continuous_batching: bool = False, speculative: bo
     ``lora``: (target modules, rank, slots): an ``adapter_ids`` input [batch, 1], then each
     adapted Linear's stacked A and B weights as inputs (lora.py), after the other inputs.
     """
-    import contextlib
-
     import torch
-    from transformers.cache_utils import Cache, CacheLayerMixin
 
-    from passes.lib.hf_decoder import decoder_of, layers_of, modeling_module
-    from passes.transforms import ctx_ops, gqa, lora as lora_inputs, moe
-
-    class ScatterLayer(CacheLayerMixin):
-        """One layer's cache in the AI 100 convention: the new rows written into the past with CtxScatter
-        (CtxScatterCB into the batch's KV rows), attention reading it through CtxGather (CtxGatherCB)."""
-
-        is_compileable = True
-        is_sliding = False
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, read: torch.Tensor,
-                     batch_index: torch.Tensor | None = None):
-            super().__init__()
-            self.keys, self.values, self.is_initialized = keys, values, True
-            self.positions, self.read, self.batch_index = positions, read, batch_index
-
-        def lazy_initialization(self, key_states, value_states) -> None:
-            pass
-
-        def _write(self, past: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            ops = torch.ops.ai100pipeline
-            if self.batch_index is None:
-                written = ops.ctx_scatter(past, self.positions, new)
-                return written, ops.ctx_gather(written, self.read)
-            written = ops.ctx_scatter_cb(past, self.batch_index, self.positions, new)
-            return written, ops.ctx_gather_cb(written, self.batch_index, self.read)
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            self.keys, keys = self._write(self.keys, key_states)
-            self.values, values = self._write(self.values, value_states)
-            return keys, values
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.keys.shape[-2], 0
-
-        def get_seq_length(self) -> int:
-            return 0
-
-        def get_max_length(self) -> int:
-            return self.keys.shape[-2]
-
-    class NewRowsLayer(ScatterLayer):
-        """GQA writes the cache itself: the layer hands the attention the new rows only."""
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor):
-            super().__init__(keys, values, None, None)
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            return key_states, value_states
-
-    class StaticKvCausalLM(torch.nn.Module):
-        """forward(input_ids, position_ids, *past[, batch_index][, num_logits_to_keep])
-        -> (logits, *updated past[, proposals]); the optional inputs exist per ``has_batch_index`` and
-        ``has_num_logits_to_keep``, in that order after the past tensors; proposals with ``projections``."""
-
-        def __init__(self, model: Any, has_batch_index: bool, has_num_logits_to_keep: bool, attention: str,
-                     layout: tuple[int, int], projections: Any = None):
-            super().__init__()
-            self.projections = projections
-            self.projection_heads = len(projections) if projections is not None else 0
-            self.attention = attention
-            self.gqa_rotary = False  # GroupQueryAttention rotates q and k (cos_cache, sin_cache buffers)
-            self.attention_module = modeling_module(model)
-            cfg = model.config.get_text_config()
-            self.model = model
-            self.decoder = decoder_of(model)
-            self.num_layers = len(layers_of(self.decoder))
-            self.num_kv_heads, self.head_dim = layout
-            self.vocab_size = cfg.vocab_size
-            self.layer_types = tuple(getattr(cfg, "layer_types", None) or ())
-            self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
-            self.chunk = getattr(cfg, "attention_chunk_size", None) if "chunked_attention" in self.layer_types else None
-            self.keep_index = None  # the hidden positions whose logits the step returns (set per forward)
-            self.kept = None
-            self.decoder.register_forward_hook(self._keep_positions)
-            self.has_batch_index = has_batch_index
-            self.has_num_logits_to_keep = has_num_logits_to_keep
-            self.lora_modules: list[tuple[str, int, int]] = []  # (path, in, out) of each adapted Linear
-            self.lora_rank = self.lora_slots = 0
-
-        def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
-            # (The varargs keep the name `past`: the dynamo exporter's dynamic_shapes refer to it.)
-            past, extra = past[:2 * self.num_layers], list(past[2 * self.num_layers:])
-            batch_index = extra.pop(0) if self.has_batch_index else None
-            num_logits_to_keep = extra.pop(0) if self.has_num_logits_to_keep else None
-            adapters = None
-            if self.lora_modules:  # adapter_ids, then (A, B) of each adapted Linear
-                names = [n for path, _, _ in self.lora_modules for n in lora_inputs.input_names(path)]
-                adapters = lora_inputs.Step(extra[0], dict(zip(names, extra[1:])))
-            ctx_len = past[0].shape[2]
-            valid = position_ids >= 0
-            if self.attention == "gqa":
-                cache = Cache(layers=[NewRowsLayer(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)])
-            else:  # padding (-1) writes the last slot, which the runtime keeps clear of real tokens in a padded step
-                read = ctx_ops.read_indices(position_ids, ctx_len)
-                cache = Cache(layers=[ScatterLayer(past[2 * i], past[2 * i + 1], position_ids, read, batch_index)
-                                      for i in range(self.num_layers)])
-            step = None
-            if self.attention == "gqa":
-                rope = (self.cos_cache, self.sin_cache) if self.gqa_rotary else None
-                step = gqa.Step(list(past), position_ids, rope)
-            last = position_ids.argmax(dim=1)  # positions increase, so the max is the last valid one
-            if num_logits_to_keep is None:
-                keep = last[:, None]
-            else:  # the n positions ending at the last valid one (clamped at the chunk's start)
-                n = num_logits_to_keep.shape[0]
-                keep = (last[:, None] - n + 1 + torch.arange(n, device=last.device)[None, :]).clamp(min=0)
-            self.keep_index = keep
-            # The model's own head (lm_head, then any soft-cap or logit scale its forward applies) runs
-            # on the kept positions only: the decoder's hook below hands it those.
-            with gqa.stepping(step, self.attention_module) if step else contextlib.nullcontext(), \
-                    lora_inputs.stepping(adapters):
-                logits = self.model(
-                    input_ids=input_ids,
-                    attention_mask=self._mask(position_ids, ctx_len),
-                    position_ids=torch.where(valid, position_ids, 0),
-                    past_key_values=cache,
-                    use_cache=True,
-                ).logits
-            kept, self.keep_index, self.kept = self.kept, None, None
-            updated = step.present if step else [t for layer in cache.layers for t in (layer.keys, layer.values)]
-            if self.projections is None:
-                return (logits, *updated)
-            projected = torch.stack([head(kept) for head in self.projections], dim=2)  # [b, n, heads, hidden]
-            return (logits, *updated, self.model.get_output_embeddings()(projected).argmax(dim=-1))
-
-        def _keep_positions(self, module: Any, args: Any, output: Any) -> Any:
-            """The decoder's forward hook: its last hidden state cut to the kept positions."""
-            if self.keep_index is None:
-                return output
-            hidden = output.last_hidden_state
-            self.kept = hidden.gather(1, self.keep_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
-            output.last_hidden_state = self.kept
-            return output
-
-        def _mask(self, position_ids: torch.Tensor, ctx_len: Any) -> Any:
-            """Additive 4D masks [b, 1, s, ctx]: slot k is visible to position p iff k <= p (and within
-            the sliding window, or the same chunk, for such layers); one per layer type the model has."""
-            slots = torch.arange(ctx_len, device=position_ids.device)[None, None, None, :]
-            pos = position_ids[:, None, :, None]
-            visible = slots <= pos
-            # Finite, not -inf: a padding row (p = -1) sees nothing and must not give NaN.
-            neg = torch.finfo(torch.float32).min
-            window = visible & (pos - slots < self.sliding_window) if self.sliding_window else visible
-            if not self.layer_types:  # one mask for every layer: a sliding window applies to all of them
-                return torch.where(window, 0.0, neg)
-            masks = {"full_attention": torch.where(visible, 0.0, neg), "sliding_attention": torch.where(window, 0.0, neg)}
-            if self.chunk:
-                masks["chunked_attention"] = torch.where(visible & (slots // self.chunk == pos // self.chunk), 0.0, neg)
-            return masks
+    from passes.lib.hf_decoder import decoder_of, layers_of
+    from passes.transforms import causal_wrapper, lora as lora_inputs, moe
 
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.to(torch.float32)
     model.eval()
     layout = kv_layout(model, len(layers_of(decoder_of(model))))  # with the model's own attention
     moe.use_dense_experts(model)  # static shapes (a no-op without experts)
-    if attention == "gqa":
-        from transformers import AttentionInterface
-
-        if any(getattr(m, "sinks", None) is not None for m in model.modules()):
-            raise NotImplementedError(f"hw.attention=gqa: {type(model).__name__} has attention sinks, which this "
-                                      "GroupQueryAttention program does not take yet; allowed: hw.attention=scatter")
-        if not getattr(model, "_supports_attention_backend", False):
-            raise NotImplementedError(f"hw.attention=gqa: {type(model).__name__} does not take transformers' attention "
-                                      "interface, through which GroupQueryAttention is put in; allowed: hw.attention=scatter")
-        AttentionInterface.register(GQA_ATTENTION, gqa.gqa_attention)
-        model.set_attn_implementation(GQA_ATTENTION)
-        continuous_batching = False  # KV rows are chosen by the runtime
-    else:
-        model.set_attn_implementation("eager")  # plain ops: exports cleanly for every target
+    _set_attention(model, attention)
     if projections is not None and not speculative:
         raise ValueError("static_kv: speculator heads need a speculative target (compile.num_speculative_tokens)")
-    wrapper = StaticKvCausalLM(model, continuous_batching, speculative, attention, layout, projections).eval()
+    has_batch_index = continuous_batching and attention != "gqa"  # with gqa, KV rows are chosen by the runtime
+    wrapper = causal_wrapper.StaticKvCausalLM(model, has_batch_index, speculative, attention, layout, projections).eval()
     if attention == "gqa":
-        _rotate_in_attention(wrapper)
+        causal_wrapper.rotate_in_attention(wrapper)
     if lora is not None:
         targets, wrapper.lora_rank, wrapper.lora_slots = lora
         wrapper.lora_modules = lora_inputs.apply(model, targets)
     return wrapper
+
+
+def _set_attention(model: Any, attention: str) -> None:
+    """GroupQueryAttention put in through transformers' attention interface (gqa; NotImplementedError
+    where the model cannot take it), else eager attention (plain ops: exports cleanly for every target)."""
+    if attention != "gqa":
+        model.set_attn_implementation("eager")
+        return
+    from transformers import AttentionInterface
+
+    from passes.transforms import gqa
+
+    if any(getattr(m, "sinks", None) is not None for m in model.modules()):
+        raise NotImplementedError(f"hw.attention=gqa: {type(model).__name__} has attention sinks, which this "
+                                  "GroupQueryAttention program does not take yet; allowed: hw.attention=scatter")
+    if not getattr(model, "_supports_attention_backend", False):
+        raise NotImplementedError(f"hw.attention=gqa: {type(model).__name__} does not take transformers' attention "
+                                  "interface, through which GroupQueryAttention is put in; allowed: hw.attention=scatter")
+    AttentionInterface.register(GQA_ATTENTION, gqa.gqa_attention)
+    model.set_attn_implementation(GQA_ATTENTION)
 
 
 def kv_layout(model: Any, num_layers: int) -> tuple[int, int]:
@@ -391,27 +248,3 @@ def kv_layout(model: Any, num_layers: int) -> tuple[int, int]:
         raise NotImplementedError(f"static_kv: {type(model).__name__} caches keys and values of several layouts "
                                   f"(heads, head dim) {sorted(shapes)}: not supported yet")
     return shapes.pop()
-
-
-def _rotate_in_attention(wrapper: Any) -> None:
-    """Let GroupQueryAttention apply the rotary embedding where it can do exactly what the model
-    does, and check on a short input that the model's own rotation was skipped in every layer."""
-    import torch
-
-    from passes.transforms import gqa
-
-    cfg = wrapper.model.config.get_text_config()
-    positions = getattr(cfg, "max_position_embeddings", None)
-    tables = gqa.rope_tables(wrapper.model, wrapper.attention_module, wrapper.head_dim, positions) if positions else None
-    if tables is None:
-        return
-    wrapper.register_buffer("cos_cache", tables[0], persistent=False)
-    wrapper.register_buffer("sin_cache", tables[1], persistent=False)
-    wrapper.gqa_rotary = True
-    past = [torch.zeros(1, wrapper.num_kv_heads, 4, wrapper.head_dim) for _ in range(2 * wrapper.num_layers)]
-    step = gqa.Step(past, torch.arange(2)[None, :], (wrapper.cos_cache, wrapper.sin_cache))
-    with torch.no_grad(), gqa.stepping(step, wrapper.attention_module):
-        wrapper.decoder(input_ids=torch.ones(1, 2, dtype=torch.long), attention_mask=wrapper._mask(torch.arange(2)[None, :], 4),
-                        position_ids=torch.arange(2)[None, :], past_key_values=None, use_cache=False)
-    if step.rotations != wrapper.num_layers:  # rotated elsewhere, or not in every layer: leave it to the model
-        wrapper.gqa_rotary = False

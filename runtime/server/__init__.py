@@ -1,1 +1,1 @@
-"""An OpenAI-compatible HTTP server over one package: the engine (engine.py), text (text.py), the routes (app.py)."""
+"""An OpenAI-compatible HTTP server over one package: the routes (app.py, completions.py), the engine (engine.py), text (text.py)."""

@@ -1,4 +1,4 @@
-"""The routes: /v1/completions, /v1/chat/completions (both streaming), /v1/embeddings, /v1/models, /health.
+"""The app: /health, /v1/models, /v1/embeddings here, /v1/completions and /v1/chat/completions in completions.py.
 
 ``create_app(package, model_name)`` loads the package when the server starts (so ``/health``
 answers 200 once it is loaded): a causal LM behind the engine (continuous batching over its
@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.sampling import SamplingParams
-from runtime.server.schemas import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest
-
-COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+from runtime.server import completions
+from runtime.server.schemas import ApiError, EmbeddingRequest
 
 
 class Served:
@@ -74,7 +71,24 @@ def create_app(package: str | Path, model_name: str, sampling: SamplingParams = 
         yield
         served.close()
 
+    def served_for(model: str, kind: str) -> Served:
+        served = state["served"]
+        if model != served.name:
+            raise ApiError(404, f"model: {model!r} does not exist; allowed: {served.name!r}", "model", "model_not_found")
+        if served.kind != kind:
+            raise ApiError(400, f"model: {model!r} is a {served.kind} package; this endpoint needs a {kind} package", "model")
+        return served
+
     app = FastAPI(title="pipeline", lifespan=lifespan)
+    _add_error_handlers(app)
+    _add_info_routes(app, lambda: state["served"])
+    completions.add_routes(app, served_for)
+    _add_embeddings_route(app, served_for)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in the OpenAI shape: ours as raised, invalid bodies as 400 naming the field, unknown routes."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -97,51 +111,25 @@ def create_app(package: str | Path, model_name: str, sampling: SamplingParams = 
         return JSONResponse(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}").body(),
                             status_code=exc.status_code)
 
-    def served_for(model: str, kind: str) -> Served:
-        served = state["served"]
-        if model != served.name:
-            raise ApiError(404, f"model: {model!r} does not exist; allowed: {served.name!r}", "model", "model_not_found")
-        if served.kind != kind:
-            raise ApiError(400, f"model: {model!r} is a {served.kind} package; this endpoint needs a {kind} package", "model")
-        return served
+
+def _add_info_routes(app: FastAPI, current: Callable[[], Served]) -> None:
+    """/health (the package and how busy its slots are) and /v1/models."""
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        served = state["served"]
+        served = current()
         busy = served.engine.load() if served.engine else {"running": 0, "waiting": 0}
         return {"status": "ok", "model": served.name, "kind": served.kind, "slots": served.slots, **busy}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        served = state["served"]
+        served = current()
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": served.created,
                                             "owned_by": "pipeline"}]}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Any:
-        served = served_for(body.model, "causal_lm")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise ApiError(400, "prompt: [] is not allowed; allowed: a string or a non-empty list of strings", "prompt")
-        ids = [list(served.tokenizer(p)["input_ids"]) for p in prompts]
-        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
-        return await _respond(served, body, ids, max_tokens, "prompt", chat=False,
-                              echo=prompts if body.echo else None)
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest) -> Any:
-        served = served_for(body.model, "causal_lm")
-        tokenizer = served.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise ApiError(400, f"model: {served.name!r} has no chat template; allowed: /v1/completions", "model")
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - the template refuses this conversation
-            raise ApiError(400, f"messages: the chat template refused them ({e})", "messages") from None
-        ids = [list(tokenizer(text, add_special_tokens=False)["input_ids"])]
-        max_tokens = body.max_completion_tokens or body.max_tokens or served.engine.ctx_len
-        return await _respond(served, body, ids, max_tokens, "messages", chat=True)
+def _add_embeddings_route(app: FastAPI, served_for: Callable[[str, str], Served]) -> None:
+    """/v1/embeddings: float lists or base64, cut to ``dimensions`` when asked."""
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest) -> Any:
@@ -158,110 +146,7 @@ def create_app(package: str | Path, model_name: str, sampling: SamplingParams = 
         return {"object": "list", "data": data, "model": served.name,
                 "usage": {"prompt_tokens": run.tokens, "total_tokens": run.tokens}}
 
-    return app
-
 
 def _embed(served: Served, texts: list[str]) -> Any:
     with served.embed_lock:  # one tokenizer and session: one batch at a time
         return served.embedder.embed(texts)
-
-
-def _sampling(served: Served, body: Any) -> SamplingParams:
-    base = served.sampling
-    return SamplingParams(temperature=base.temperature if body.temperature is None else body.temperature,
-                          top_k=base.top_k if body.top_k is None else body.top_k,
-                          top_p=base.top_p if body.top_p is None else body.top_p,
-                          repetition_penalty=base.repetition_penalty,
-                          seed=base.seed if body.seed is None else body.seed)
-
-
-async def _respond(served: Served, body: Any, ids: list[list[int]], max_tokens: int, param: str, chat: bool,
-                   echo: list[str] | None = None) -> Any:
-    from runtime.server.engine import Job
-
-    limit = served.engine.ctx_len - 1
-    for p in ids:
-        if len(p) > limit:
-            raise ApiError(400, f"{param}: {len(p)} tokens is not allowed; allowed: at most {limit} tokens (the package's "
-                           f"ctx_len {served.engine.ctx_len} - 1)", param, "context_length_exceeded")
-        if not p:
-            raise ApiError(400, f"{param}: empty after tokenization is not allowed; allowed: at least one token", param)
-    if body.logprobs:
-        raise ApiError(400, f"logprobs: {body.logprobs!r} is not allowed; allowed: null or false", "logprobs")
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    sampling, stop = _sampling(served, body), body.stops()
-
-    def emitter(index: int) -> Any:
-        return lambda kind, data: loop.call_soon_threadsafe(events.put_nowait, (index, kind, data))
-
-    jobs = [Job(p, max_tokens, emitter(i), sampling, stop) for i, p in enumerate(ids)]
-    for job in jobs:
-        served.engine.submit(job)
-    meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-            "model": served.name}
-    if body.stream:
-        return StreamingResponse(_stream(served, jobs, events, meta, chat, echo), media_type="text/event-stream")
-    try:
-        done: dict[int, dict[str, Any]] = {}
-        while len(done) < len(jobs):
-            index, kind, data = await events.get()
-            if kind == "error":
-                raise ApiError(500, f"generation failed: {data}", kind="server_error")
-            if kind == "done":
-                done[index] = data
-    finally:
-        for job in jobs:
-            served.engine.cancel(job)  # a client gone (or an error): free the slots (no-op for finished jobs)
-    usage = _usage(done.values())
-    if chat:
-        d = done[0]
-        return {**meta, "object": "chat.completion", "usage": usage,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": d["text"]},
-                             "finish_reason": d["finish_reason"], "logprobs": None}]}
-    return {**meta, "object": "text_completion", "usage": usage,
-            "choices": [{"index": i, "text": (echo[i] if echo else "") + done[i]["text"],
-                         "finish_reason": done[i]["finish_reason"], "logprobs": None} for i in range(len(jobs))]}
-
-
-def _usage(done: Any) -> dict[str, int]:
-    done = list(done)
-    prompt, completion = sum(d["prompt_tokens"] for d in done), sum(d["completion_tokens"] for d in done)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-async def _stream(served: Served, jobs: list, events: asyncio.Queue, meta: dict[str, Any], chat: bool,
-                  echo: list[str] | None) -> AsyncIterator[str]:
-    """Server-sent events: a chunk per piece of text, a last chunk per choice with its finish_reason, [DONE]."""
-    obj = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
-        if chat:
-            delta = ({"role": "assistant", "content": ""} if first else {"content": text} if text is not None else {})
-            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
-        else:
-            choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
-        return f"data: {json.dumps({**meta, 'object': obj, 'choices': [choice]}, ensure_ascii=False)}\n\n"
-
-    try:
-        for i in range(len(jobs)):
-            if chat:
-                yield chunk(i, None, None, first=True)
-            elif echo:
-                yield chunk(i, echo[i], None)
-        finished = 0
-        while finished < len(jobs):
-            index, kind, data = await events.get()
-            if kind == "text":
-                yield chunk(index, data, None)
-            elif kind == "done":
-                finished += 1
-                yield chunk(index, None if chat else "", data["finish_reason"])
-            else:
-                error = ApiError(500, f"generation failed: {data}", kind="server_error").body()
-                yield f"data: {json.dumps(error)}\n\n"
-                return
-        yield "data: [DONE]\n\n"
-    finally:
-        for job in jobs:
-            served.engine.cancel(job)

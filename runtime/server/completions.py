@@ -1,0 +1,151 @@
+"""The generation routes: /v1/completions and /v1/chat/completions, answered whole or streamed as server-sent events.
+
+The prompts go to the engine as jobs (one per prompt), whose events come back to the request's
+event loop; a client gone (or an error) cancels its jobs, which frees their slots.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from runtime.sampling import SamplingParams
+from runtime.server.schemas import ApiError, ChatRequest, CompletionRequest
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def add_routes(app: FastAPI, served_for: Callable[[str, str], Any]) -> None:
+    """``served_for(model, kind)``: the loaded package (app.Served) if it is the one asked for, else an ApiError."""
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Any:
+        served = served_for(body.model, "causal_lm")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise ApiError(400, "prompt: [] is not allowed; allowed: a string or a non-empty list of strings", "prompt")
+        ids = [list(served.tokenizer(p)["input_ids"]) for p in prompts]
+        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+        return await _respond(served, body, ids, max_tokens, "prompt", chat=False,
+                              echo=prompts if body.echo else None)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest) -> Any:
+        served = served_for(body.model, "causal_lm")
+        tokenizer = served.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ApiError(400, f"model: {served.name!r} has no chat template; allowed: /v1/completions", "model")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - the template refuses this conversation
+            raise ApiError(400, f"messages: the chat template refused them ({e})", "messages") from None
+        ids = [list(tokenizer(text, add_special_tokens=False)["input_ids"])]
+        max_tokens = body.max_completion_tokens or body.max_tokens or served.engine.ctx_len
+        return await _respond(served, body, ids, max_tokens, "messages", chat=True)
+
+
+def _sampling(served: Any, body: Any) -> SamplingParams:
+    base = served.sampling
+    return SamplingParams(temperature=base.temperature if body.temperature is None else body.temperature,
+                          top_k=base.top_k if body.top_k is None else body.top_k,
+                          top_p=base.top_p if body.top_p is None else body.top_p,
+                          repetition_penalty=base.repetition_penalty,
+                          seed=base.seed if body.seed is None else body.seed)
+
+
+async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int, param: str, chat: bool,
+                   echo: list[str] | None = None) -> Any:
+    from runtime.server.engine import Job
+
+    limit = served.engine.ctx_len - 1
+    for p in ids:
+        if len(p) > limit:
+            raise ApiError(400, f"{param}: {len(p)} tokens is not allowed; allowed: at most {limit} tokens (the package's "
+                           f"ctx_len {served.engine.ctx_len} - 1)", param, "context_length_exceeded")
+        if not p:
+            raise ApiError(400, f"{param}: empty after tokenization is not allowed; allowed: at least one token", param)
+    if body.logprobs:
+        raise ApiError(400, f"logprobs: {body.logprobs!r} is not allowed; allowed: null or false", "logprobs")
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    sampling, stop = _sampling(served, body), body.stops()
+
+    def emitter(index: int) -> Any:
+        return lambda kind, data: loop.call_soon_threadsafe(events.put_nowait, (index, kind, data))
+
+    jobs = [Job(p, max_tokens, emitter(i), sampling, stop) for i, p in enumerate(ids)]
+    for job in jobs:
+        served.engine.submit(job)
+    meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+            "model": served.name}
+    if body.stream:
+        return StreamingResponse(_stream(served, jobs, events, meta, chat, echo), media_type="text/event-stream")
+    try:
+        done: dict[int, dict[str, Any]] = {}
+        while len(done) < len(jobs):
+            index, kind, data = await events.get()
+            if kind == "error":
+                raise ApiError(500, f"generation failed: {data}", kind="server_error")
+            if kind == "done":
+                done[index] = data
+    finally:
+        for job in jobs:
+            served.engine.cancel(job)  # a client gone (or an error): free the slots (no-op for finished jobs)
+    usage = _usage(done.values())
+    if chat:
+        d = done[0]
+        return {**meta, "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": d["text"]},
+                             "finish_reason": d["finish_reason"], "logprobs": None}]}
+    return {**meta, "object": "text_completion", "usage": usage,
+            "choices": [{"index": i, "text": (echo[i] if echo else "") + done[i]["text"],
+                         "finish_reason": done[i]["finish_reason"], "logprobs": None} for i in range(len(jobs))]}
+
+
+def _usage(done: Any) -> dict[str, int]:
+    done = list(done)
+    prompt, completion = sum(d["prompt_tokens"] for d in done), sum(d["completion_tokens"] for d in done)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _stream(served: Any, jobs: list, events: asyncio.Queue, meta: dict[str, Any], chat: bool,
+                  echo: list[str] | None) -> AsyncIterator[str]:
+    """Server-sent events: a chunk per piece of text, a last chunk per choice with its finish_reason, [DONE]."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
+        if chat:
+            delta = ({"role": "assistant", "content": ""} if first else {"content": text} if text is not None else {})
+            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**meta, 'object': obj, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+
+    try:
+        for i in range(len(jobs)):
+            if chat:
+                yield chunk(i, None, None, first=True)
+            elif echo:
+                yield chunk(i, echo[i], None)
+        finished = 0
+        while finished < len(jobs):
+            index, kind, data = await events.get()
+            if kind == "text":
+                yield chunk(index, data, None)
+            elif kind == "done":
+                finished += 1
+                yield chunk(index, None if chat else "", data["finish_reason"])
+            else:
+                error = ApiError(500, f"generation failed: {data}", kind="server_error").body()
+                yield f"data: {json.dumps(error)}\n\n"
+                return
+        yield "data: [DONE]\n\n"
+    finally:
+        for job in jobs:
+            served.engine.cancel(job)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Mapping
 
-from pipeline.pass_api import Needs, UserError, cfg_field, config_schema, find_target, hook, register_pass
+from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_schema, find_target, hook, register_pass
 
 BENCHMARK = "benchmark.json"
 
@@ -36,7 +36,7 @@ class BenchmarkParams:
     generation_len: int = cfg_field(BenchmarkConfig, "generation_len")
     repeats: int = cfg_field(BenchmarkConfig, "repeats")
     chat: bool = cfg_field(BenchmarkConfig, "chat")
-    target: str = cfg_field("hw.target", "", kind="target")
+    target: str = cfg_field("hw.target", REQUIRED, kind="target")
     runner: str = ""  # filled by the resolve hook: what runs the package here (the target's runtime, or onnxruntime)
 
 

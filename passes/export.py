@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from passes.targets.shapes import CompileShapes
 from passes.transforms.lora import input_names as lora_names
+from passes.transforms.static_kv import SCATTER
 from pipeline.pass_api import Needs, UserError, cfg_field, config_schema, hook, register_pass
 from runtime import package_format as fmt
 from runtime.package_format import KV_KINDS
@@ -40,7 +41,7 @@ class ExportParams:
     # Graph variants (must match the transform's): only whether each is set enters the key.
     full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size", kind="flag")
     num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens", kind="flag")
-    attention: str = cfg_field("hw.attention", "scatter")  # the target's (cpu: chosen per model); AI 100 has none
+    attention: str = cfg_field("hw.attention", SCATTER)  # the target's (cpu: chosen per model); AI 100 has none
 
 
 def io_names(num_layers: int, batch_index: bool = False, num_logits_to_keep: bool = False,

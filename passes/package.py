@@ -33,7 +33,7 @@ class PackageParams:
     export_opset: int = cfg_field("export.opset", REQUIRED)
     rewrite_rules: tuple[str, ...] = cfg_field("rewrite.rules", REQUIRED)
     adapters: Any = cfg_field("model.adapters", REQUIRED, kind="paths")  # LoRA weights enter here, not before
-    target: str = cfg_field("hw.target", "", kind="target")  # its plugin may add files
+    target: str = cfg_field("hw.target", REQUIRED, kind="target")  # its plugin may add files
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),

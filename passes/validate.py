@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from passes.targets.shapes import CompileShapes
-from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, config_schema, find_target, hook, register_pass
+from pipeline.pass_api import (
+    REQUIRED, Needs, StageFailure, UserError, cfg_field, config_schema, find_target, hook, register_pass,
+)
 
 VALIDATION = "validation.json"
 
@@ -37,7 +39,7 @@ class ValidateParams:
     max_new_tokens: int = cfg_field(ValidateConfig, "max_new_tokens")
     atol: float = cfg_field(ValidateConfig, "atol")
     ctx_len: int = cfg_field(CompileShapes, "ctx_len", kind="note")  # checked against, read from the package
-    target: str = cfg_field("hw.target", "", kind="target")
+    target: str = cfg_field("hw.target", REQUIRED, kind="target")
     runner: str = ""  # filled by the resolve hook: what runs the package here (the target's runtime, or onnxruntime)
 
 

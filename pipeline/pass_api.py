@@ -9,8 +9,9 @@ found by the engine (pipeline.fingerprint); nothing is listed by hand.
 
 A pass declares the config keys it owns with a schema next to its params
 (``@config_schema("export")`` on a dataclass), and its params read them with
-``cfg_field(Schema, "key")``: each default is written once, in the schema. Targets are plugins
-too (pipeline.target_api, re-exported here): a target's package speaks to passes through it.
+``cfg_field(Schema, "key")``: each default is written once, in the schema. The target plugin
+contract (pipeline.target_api) is re-exported here, so target plugins and the passes that ask
+a target import this module alone.
 """
 from __future__ import annotations
 
@@ -19,14 +20,13 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from pipeline.target_api import HwSchema, Target, find_target, schema_default
+from pipeline.target_api import HwSchema, Target, find_target, schema_default  # noqa: F401 - re-exported
 
 REGISTRY: dict[str, "PassSpec"] = {}
 REQUIRED = "???"  # a schema default a preset must replace (OmegaConf's MISSING)
 # Config schemas: "<module>.<class>" -> (top-level node, dataclass). The engine merges the schemas of
 # one node into it (pipeline/schema.py); ``hw`` schemas are each target's own.
 SCHEMAS: dict[str, tuple[str, type]] = {}
-__all__ = ["HwSchema", "Target", "find_target"]  # the target contract, for target plugins
 
 
 class UserError(Exception):
@@ -73,8 +73,10 @@ def cfg_field(path: str | type, default: Any = dataclasses.MISSING, *, kind: str
     """A params field bound to a config path (``"hw.num_cores"``).
 
     ``cfg_field(Schema, "key")``: the key a schema declares (``config_schema``), with the
-    schema's default; ``cfg_field("root.key", default)`` for a key no schema of this node must
-    declare (an optional key some targets have, e.g. ``hw.attention``).
+    schema's default. ``cfg_field("root.key", REQUIRED)``: a key another pass's schema owns,
+    read without importing that pass (its code stays out of this pass's key): the engine always
+    gives the value, no second default is written. ``cfg_field("root.key", default)``: a key only
+    some targets have (``hw.attention``), with the value meant where it is absent.
 
     The path's first part is a config *root*; a pipeline stage may bind it to another root
     (``bind: {model: draft_model}`` reads ``model.path`` from ``draft_model.path``).

@@ -69,6 +69,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         if not (isinstance(port, int) and 0 < port < 65536):
             raise UserError(f"serve.port: {port!r} is not allowed; allowed: an integer in 1..65535")
         package, name, summary, verify = package_to_serve(cfg, run_dir)
+        from pipeline.infer import check_runnable
+
+        check_runnable(package)  # its target can run it (e.g. compiled, not a dry run's plan)
     except UserError as exc:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     except RuntimeError as exc:

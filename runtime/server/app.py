@@ -26,21 +26,19 @@ from runtime.server.schemas import ApiError, EmbeddingRequest
 
 
 class Served:
-    """The loaded package: an engine (causal LM) or an embedder."""
+    """The loaded package, opened by its own target's session: an engine (causal LM) or an embedder."""
 
-    def __init__(self, package: Path, model_name: str, sampling: SamplingParams, device: str,
-                 verify: bool | None = None):
+    def __init__(self, package: Path, model_name: str, sampling: SamplingParams, verify: bool | None = None):
         from runtime import package_format as fmt
 
         self.package, self.name, self.sampling, self.created = package, model_name, sampling, int(time.time())
         manifest = fmt.read_manifest(package)
         self.kind = manifest.kind
-        device = "ai100" if manifest.program.backend == fmt.QAIC else device
         self.engine = self.embedder = None
         if self.kind == fmt.EMBEDDING:
             from runtime.embed import Embedder
 
-            self.embedder = Embedder(package, device=device, verify=verify)
+            self.embedder = Embedder(package, verify=verify)
             self.embed_lock = threading.Lock()
             self.slots = self.embedder.batch_size
         else:
@@ -50,7 +48,7 @@ class Served:
             from runtime.tokenizer import load_tokenizer
 
             self.tokenizer = load_tokenizer(package)
-            self.engine = Engine(open_session(package, device, verify), self.tokenizer, eos_ids(self.tokenizer, package))
+            self.engine = Engine(open_session(package, verify=verify), self.tokenizer, eos_ids(self.tokenizer, package))
             self.slots = len(self.engine.slots)
 
     def close(self) -> None:
@@ -59,12 +57,12 @@ class Served:
 
 
 def create_app(package: str | Path, model_name: str, sampling: SamplingParams = SamplingParams(),
-               device: str = "cpu", on_ready: Any = None, verify: bool | None = None) -> FastAPI:
+               on_ready: Any = None, verify: bool | None = None) -> FastAPI:
     state: dict[str, Served] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served = await asyncio.to_thread(Served, Path(package), model_name, sampling, device, verify)
+        served = await asyncio.to_thread(Served, Path(package), model_name, sampling, verify)
         state["served"] = served
         if on_ready:
             on_ready(served)

@@ -63,14 +63,19 @@ def model_overrides(model: str | Path, role: str = "model") -> list[str]:
                     "a .gguf file, or a hub id (org/name)")
 
 
-def targets_with(hw_key: str) -> str:
-    """'only with an X target (hw=<presets>)': the targets whose hw schema has the key."""
+def hw_keys(target: Any) -> list[str]:
+    """The keys of a target's hw schema a compile() keyword may set (all but the target's name and compile pass)."""
     import dataclasses
 
+    return [f.name for f in dataclasses.fields(target.hw_schema) if f.name not in ("target", "compile_pass")]
+
+
+def targets_with(hw_key: str) -> str:
+    """'only with an X target (hw=<presets>)': the targets whose hw schema has the key."""
     from pipeline.config import hw_presets
     from pipeline.discovery import targets
 
-    having = {name: t for name, t in targets().items() if hw_key in {f.name for f in dataclasses.fields(t.hw_schema)}}
+    having = {name: t for name, t in targets().items() if hw_key in hw_keys(t)}
     presets = sorted(p for p, t in hw_presets().items() if t in having)
     titles = " or ".join(t.title for t in having.values()) or "no installed"
     article = "an" if titles[0] in "AEIOUaeiou" else "a"
@@ -82,7 +87,8 @@ class _Built:
 
     config_name = "config"
     pipeline: str | None = None
-    # compile() keyword -> config key; hw.* keys exist only for the targets that have them
+    # compile() keyword -> config key, beyond the targets' hw keys (a keyword that names one sets hw.<keyword>,
+    # for the targets that have it)
     compile_keys: dict[str, str] = {}
 
     def __init__(self, overrides: list[str], echo: Any = None):
@@ -119,9 +125,13 @@ class _Built:
         for arg, value in given.items():
             if value is None:
                 continue
-            key = self.compile_keys.get(arg)
+            from pipeline.discovery import targets
+
+            every_hw_key = list(dict.fromkeys(k for t in targets().values() for k in hw_keys(t)))
+            key = self.compile_keys.get(arg) or (f"hw.{arg}" if arg in every_hw_key else None)
             if key is None:
-                raise UserError(f"compile: {arg}={value!r} is not allowed; allowed: {', '.join(self.compile_keys)} "
+                allowed = list(dict.fromkeys([*self.compile_keys, *every_hw_key]))
+                raise UserError(f"compile: {arg}={value!r} is not allowed; allowed: {', '.join(allowed)} "
                                 "(other config keys: from_pretrained(..., overrides=[...]))")
             if key.startswith("hw.") and key.split(".", 1)[1] not in cfg.hw:
                 raise UserError(f"{arg}: {value!r} is not allowed for hw={cfg.hw.target!r}; allowed: "
@@ -172,10 +182,7 @@ class AutoModelForCausalLM(_Built):
     config_name = "infer"
     compile_keys = {"num_cores": "hw.num_cores", "prefill_seq_len": "compile.prefill_seq_len",
                     "ctx_len": "compile.ctx_len", "batch_size": "compile.batch_size",
-                    "full_batch_size": "compile.full_batch_size", "num_speculative_tokens": "spd.num_speculative_tokens",
-                    "mxfp6_matmul": "hw.mxfp6_matmul", "kv_cache_dtype": "hw.kv_cache_dtype",
-                    "num_devices": "hw.num_devices", "mos": "hw.mos", "ols": "hw.ols",
-                    "aic_enable_depth_first": "hw.aic_enable_depth_first"}
+                    "full_batch_size": "compile.full_batch_size", "num_speculative_tokens": "spd.num_speculative_tokens"}
 
     def __init__(self, overrides: list[str], continuous_batching: bool, speculative: str | None, echo: Any = None):
         super().__init__(overrides, echo)
@@ -268,9 +275,7 @@ class AutoModel(_Built):
     """An embedding model (pipeline=embedding): build, compile, encode."""
 
     config_name = "embed"
-    compile_keys = {"num_cores": "hw.num_cores", "seq_len": "compile.seq_len", "batch_size": "compile.batch_size",
-                    "mxfp6_matmul": "hw.mxfp6_matmul", "num_devices": "hw.num_devices",
-                    "aic_enable_depth_first": "hw.aic_enable_depth_first"}
+    compile_keys = {"num_cores": "hw.num_cores", "seq_len": "compile.seq_len", "batch_size": "compile.batch_size"}
 
     @classmethod
     def from_pretrained(cls, model: str | Path = "minilm_l6", hw: str = "cpu", store_root: str | Path | None = None, *,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from passes.targets import specializations as spz
-from passes.targets.shapes import CompileShapes, EncoderShapes
+from passes.targets.shapes import ShapeParams
 from pipeline.pass_api import HwSchema, Target, UserError, cfg_field, config_of, config_schema, hook, register_pass
 from runtime.sessions.ort import OrtSession
 
@@ -38,14 +38,8 @@ class ToyTarget(Target):
 
 
 @dataclass(frozen=True)
-class CompileToyParams:
+class CompileToyParams(ShapeParams):
     num_cores: int = cfg_field(ToyHw, "num_cores")
-    batch_size: int = cfg_field(CompileShapes, "batch_size")
-    prefill_seq_len: int = cfg_field(CompileShapes, "prefill_seq_len")
-    ctx_len: int = cfg_field(CompileShapes, "ctx_len")
-    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size")
-    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens")
-    seq_len: Any = cfg_field(EncoderShapes, "seq_len")
 
 
 @register_pass("compile_toy", params=CompileToyParams, deps=("onnx",), materialize=True)

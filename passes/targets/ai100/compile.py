@@ -39,7 +39,7 @@ from passes.targets.ai100.plan import (
 )
 from passes.targets.ai100.sdk import compiler_candidates, compiler_kind, compiler_version, find_compiler, sdk_default
 from passes.targets.ai100.target import Ai100Hw
-from passes.targets.shapes import CompileShapes, EncoderShapes
+from passes.targets.shapes import ShapeParams
 from pipeline.pass_api import Needs, UserError, cfg_field, config_of, config_schema, hook, register_pass
 
 TARGET = Ai100Hw.target  # the program's target: its session opens the package
@@ -58,7 +58,7 @@ class PlanOnly:
 
 
 @dataclass(frozen=True)
-class CompileAi100Params:
+class CompileAi100Params(ShapeParams):
     compiler: Optional[str] = cfg_field(Ai100Hw, "compiler", kind="note")  # its version enters the key
     num_cores: int = cfg_field(Ai100Hw, "num_cores")
     num_devices: int = cfg_field(Ai100Hw, "num_devices")
@@ -71,12 +71,6 @@ class CompileAi100Params:
     specialization_format: str = cfg_field(Ai100Hw, "specialization_format")
     extra_options: dict = cfg_field(Ai100Hw, "extra_options")
     compile_timeout_s: Optional[float] = cfg_field(Ai100Hw, "compile_timeout_s", kind="note")
-    batch_size: int = cfg_field(CompileShapes, "batch_size")
-    prefill_seq_len: int = cfg_field(CompileShapes, "prefill_seq_len")
-    ctx_len: int = cfg_field(CompileShapes, "ctx_len")
-    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size")
-    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens")
-    seq_len: Any = cfg_field(EncoderShapes, "seq_len")  # an encoder's lengths (one, or a list)
     dry_run: bool = cfg_field(PlanOnly, "dry_run")
     # Filled by the resolve hook (no config path: they enter the key under these names).
     compiler_version: str = ""

@@ -20,19 +20,13 @@ from typing import Any, Mapping
 
 from passes.targets import specializations as spz
 from passes.targets.ort.target import OrtHw
-from passes.targets.shapes import CompileShapes, EncoderShapes
+from passes.targets.shapes import ShapeParams
 from pipeline.pass_api import Needs, UserError, cfg_field, config_of, hook, register_pass
 
 
 @dataclass(frozen=True)
-class CompileOrtParams:
+class CompileOrtParams(ShapeParams):
     num_cores: int = cfg_field(OrtHw, "num_cores")
-    batch_size: int = cfg_field(CompileShapes, "batch_size")
-    prefill_seq_len: int = cfg_field(CompileShapes, "prefill_seq_len")
-    ctx_len: int = cfg_field(CompileShapes, "ctx_len")
-    full_batch_size: Any = cfg_field(CompileShapes, "full_batch_size")
-    num_speculative_tokens: Any = cfg_field(CompileShapes, "num_speculative_tokens")
-    seq_len: Any = cfg_field(EncoderShapes, "seq_len")  # an encoder's lengths (one, or a list)
 
 
 TARGET = OrtHw.target  # the program's target: its session opens the package

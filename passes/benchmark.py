@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, Output, UserError, cfg_field, hook, register_pass
 
 BENCHMARK = "benchmark.json"
 DEFAULT_PROMPTS = ("My name is", "The capital of France is", "Write a haiku about the sea.",
@@ -29,7 +29,7 @@ class BenchmarkParams:
 
 
 @register_pass("benchmark", params=BenchmarkParams, deps=("onnxruntime", "transformers", "numpy"), materialize=True,
-               needs=Needs(modules=("onnxruntime", "transformers")), provides="benchmark")
+               needs=Needs(modules=("onnxruntime", "transformers")), provides=Output.benchmark)
 def benchmark(inputs: Mapping[str, Any], params: BenchmarkParams, out: Path) -> dict[str, Any]:
     import json
     import statistics

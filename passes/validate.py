@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, hook, register_pass
+from pipeline.pass_api import Needs, Output, StageFailure, UserError, cfg_field, hook, register_pass
 
 VALIDATION = "validation.json"
 
@@ -30,7 +30,7 @@ class ValidateParams:
 
 # transformers: the runtime tokenizes with it, so its version can change the ids.
 @register_pass("validate", params=ValidateParams, deps=("onnxruntime", "transformers"), materialize=True,
-               needs=Needs(modules=("onnxruntime", "transformers")), provides="validation")
+               needs=Needs(modules=("onnxruntime", "transformers")), provides=Output.validation)
 def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> dict[str, Any]:
     import json
 

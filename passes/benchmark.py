@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Mapping
 
-from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_schema, find_target, hook, register_pass
+from pipeline.pass_api import REQUIRED, Needs, Output, UserError, cfg_field, config_schema, find_target, hook, register_pass
 
 BENCHMARK = "benchmark.json"
 
@@ -41,7 +41,7 @@ class BenchmarkParams:
 
 
 @register_pass("benchmark", params=BenchmarkParams, deps=("onnxruntime", "transformers", "numpy"), materialize=True,
-               needs=Needs(modules=("onnxruntime", "transformers")), provides="benchmark")
+               needs=Needs(modules=("onnxruntime", "transformers")), provides=Output.benchmark)
 def benchmark(inputs: Mapping[str, Any], params: BenchmarkParams, out: Path) -> dict[str, Any]:
     import json
     import statistics

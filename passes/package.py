@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.pass_api import REQUIRED, Needs, cfg_field, find_target, register_pass
+from pipeline.pass_api import REQUIRED, Needs, Output, cfg_field, find_target, register_pass
 
 # What a runtime needs from the checkpoint: configuration and tokenizer, never the weights.
 CHECKPOINT_FILES = (
@@ -37,7 +37,7 @@ class PackageParams:
 
 
 @register_pass("package", params=PackageParams, deps=("onnx", "onnxruntime", "torch", "transformers"),
-               materialize=True, needs=Needs(modules=("onnxruntime", "transformers")), provides="package")
+               materialize=True, needs=Needs(modules=("onnxruntime", "transformers")), provides=Output.package)
 def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict[str, Any]:
     from importlib import metadata
 

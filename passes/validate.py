@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from passes.targets.shapes import CompileShapes
 from pipeline.pass_api import (
-    REQUIRED, Needs, StageFailure, UserError, cfg_field, config_schema, find_target, hook, register_pass,
+    REQUIRED, Needs, Output, StageFailure, UserError, cfg_field, config_schema, find_target, hook, register_pass,
 )
 
 VALIDATION = "validation.json"
@@ -45,7 +45,7 @@ class ValidateParams:
 
 # transformers: the runtime tokenizes with it, so its version can change the ids.
 @register_pass("validate", params=ValidateParams, deps=("onnxruntime", "transformers"), materialize=True,
-               needs=Needs(modules=("onnxruntime", "transformers")), provides="validation")
+               needs=Needs(modules=("onnxruntime", "transformers")), provides=Output.validation)
 def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> dict[str, Any]:
     import json
 

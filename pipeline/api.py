@@ -7,9 +7,9 @@ from typing import Any, Callable, Sequence
 from pipeline.config import CONF_DIR, register
 from pipeline.executor import BuildResult, Executor
 from pipeline.instruments import Instrument, default_instruments
+from pipeline.pass_api import Output
 from pipeline.plan import check_preconditions, prepare
 from pipeline.store import Store
-from pipeline.store.maintenance import tree_bytes
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
@@ -27,7 +27,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
 
 
 def build(cfg: Any, echo: Callable[[str], None] = print, run_dir: Path | None = None,
-          instruments: Sequence[Instrument] = (), goals: Sequence[str] = (),
+          instruments: Sequence[Instrument] = (), goals: Sequence[Output | str] = (),
           roles: Sequence[str] = ("model",), check_packages: bool = False) -> BuildResult:
     """Build every stage of ``cfg`` (or only what ``goals``, e.g. ``("package",)``, needs for ``roles``);
     raises pipeline.pass_api.UserError on bad input (nothing run).
@@ -63,7 +63,7 @@ def evict_damaged_packages(store: Store, result: BuildResult, echo: Callable[[st
     for key in result.package_keys.values():
         stage = next(s for s in result.stages if s.key == key)
         rec = store.records.read(key)
-        if stage.status != "cached" or rec is None or tree_bytes(rec) > VERIFY_MAX_BYTES:
+        if stage.status != "cached" or rec is None or rec.bytes > VERIFY_MAX_BYTES:
             continue  # a package built in this run was hashed as it was stored
         bad = store.damaged(rec)
         if bad:

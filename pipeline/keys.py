@@ -20,6 +20,7 @@ from pipeline.fingerprint import code_digests
 from pipeline.pass_api import PassSpec, UserError, bound_path
 from pipeline.store.digests import canonical_json, hash_json
 from pipeline.store.memo import DigestMemo
+from pipeline.store.records import ActionRecord
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +90,7 @@ def key_of(ingr: dict[str, Any]) -> str:
     return hash_json(ingr)
 
 
-def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str, str] | None = None,
+def explain(old: ActionRecord | None, new: dict[str, Any], upstream: dict[str, str] | None = None,
             bind: dict[str, str] | None = None) -> str:
     """Why a key missed: the ingredients that differ from the latest record's, one phrase each.
 
@@ -98,8 +99,8 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any], upstream: dict[str,
     """
     if old is None:
         return "no earlier build of this stage for this model"
-    old_ing = old.get("ingredients", {})
-    if old.get("key") == key_of(new):
+    old_ing = old.ingredients
+    if old.key == key_of(new):
         return "output missing or damaged in the store"
     if old_ing.get("pass") != new["pass"]:  # another pass (another target): its other ingredients do not compare
         return f"pass: {old_ing.get('pass')} -> {new['pass']}"

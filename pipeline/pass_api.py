@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable, Mapping
 
 from pipeline.target_api import HwSchema, Target, find_target, schema_default  # noqa: F401 - re-exported
@@ -96,6 +97,24 @@ def cfg_field(path: str | type, default: Any = dataclasses.MISSING, *, kind: str
     return field(default=default, metadata=meta)
 
 
+class Output(StrEnum):
+    """What a stage's output is to the engine: what it gives a build's result, per model role.
+
+    ``tree``: the output's tree in the store (its path, key and size); otherwise the pass's result dict.
+    A str enum: ``"package"`` names ``Output.package`` (``goals=("package",)``).
+    """
+
+    package = ("package", True)         # BuildResult.packages (package_keys, package_bytes)
+    validation = ("validation", False)  # BuildResult.validations
+    benchmark = ("benchmark", False)    # BuildResult.benchmarks
+
+    def __new__(cls, value: str, tree: bool) -> "Output":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.tree = tree
+        return member
+
+
 @dataclass(frozen=True)
 class Needs:
     """What a stage needs before it starts: free disk in the store, importable modules.
@@ -117,7 +136,7 @@ class PassSpec:
     deps: tuple[str, ...]
     materialize: bool | Callable[[Any], bool]
     module: str
-    provides: str | None = None  # what the output is to the engine: "package", "validation" or None
+    provides: Output | None = None  # what the output is to the engine, or None
     # Optional hooks, all cheap (no heavy imports). ``facts`` is what the role's facts hook
     # returned (the load pass: sizes and limits of the model), or None.
     check: Callable[[Any, Any], None] | None = None        # (params, facts): raise UserError on bad params
@@ -137,7 +156,7 @@ def register_pass(
     deps: tuple[str, ...] = (),
     materialize: bool | Callable[[Any], bool] = True,
     needs: Needs | None = None,
-    provides: str | None = None,
+    provides: Output | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(inputs: Mapping[str, Any], params, out: Path | None) -> Any``.
 
@@ -148,13 +167,14 @@ def register_pass(
     - in-memory pass: ``out`` is None; the return value is the output.
     - ``deps``: distributions whose versions enter the key.
     - ``needs``: what running it takes (a ``needs`` hook may compute it from the params).
-    - ``provides``: ``"package"`` or ``"validation"``, so runs can report them per model role.
+    - ``provides``: an ``Output`` (``Output.package``, ...), so runs can report it per model role.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY and REGISTRY[name].module != fn.__module__:
             raise RuntimeError(f"pass {name!r} registered twice ({REGISTRY[name].module}, {fn.__module__})")
-        spec = PassSpec(name, fn, params, tuple(deps), materialize, fn.__module__, provides, needs=needs)
+        spec = PassSpec(name, fn, params, tuple(deps), materialize, fn.__module__,
+                        Output(provides) if provides else None, needs=needs)
         REGISTRY[name] = spec
         fn.pass_spec = spec  # type: ignore[attr-defined]
         return fn

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
-from pipeline.pass_api import UserError, params_from_config
+from pipeline.pass_api import Output, UserError, params_from_config
 from pipeline.target_api import find_target
 from pipeline.store.local import free_bytes
 from pipeline.store.maintenance import human
@@ -42,6 +42,10 @@ class BuildPlan:
     graph: Any
     remote: dict[str, Any] | None = None  # store.remote: {"url", "options", "push"} (pipeline.store.remote)
     notes: list[str] = field(default_factory=list)  # what the plan chose (a target's auto hw values), one line each
+
+    def materialized(self, stage: Stage) -> bool:
+        """The stage's output is a tree in the store (else a value in memory)."""
+        return stage.spec.materialized(self.params[stage.name])
 
 
 def type_mismatch(exc: BaseException) -> str | None:
@@ -70,11 +74,11 @@ def config_error(exc: BaseException) -> str:
     return type_mismatch(exc) or f"{key}: {text}; allowed: a value of the key's type, or an interpolation that resolves"
 
 
-def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Sequence[str] = ("model",)) -> BuildPlan:
+def prepare(cfg: Any, resolve: bool = True, goals: Sequence[Output | str] = (), roles: Sequence[str] = ("model",)) -> BuildPlan:
     """The checked plan; ``resolve=False`` checks only (no hub lookups, no compiler discovery).
 
-    ``goals``: build only the stages that provide these (``"package"``) for ``roles`` (the
-    ``model``; speculative decoding with a draft: both), and what they need
+    ``goals``: build only the stages that provide these (``Output.package``, or ``"package"``) for
+    ``roles`` (the ``model``; speculative decoding with a draft: both), and what they need
     (``python -m pipeline.infer`` needs no reference and no validation).
     """
     try:
@@ -83,7 +87,7 @@ def prepare(cfg: Any, resolve: bool = True, goals: Sequence[str] = (), roles: Se
         raise UserError(config_error(exc)) from None
 
 
-def _prepare(cfg: Any, resolve: bool, goals: Sequence[str], roles: Sequence[str]) -> BuildPlan:
+def _prepare(cfg: Any, resolve: bool, goals: Sequence[Output | str], roles: Sequence[str]) -> BuildPlan:
     check_config(cfg)
     g = build_graph(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
     if goals:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.pass_api import Needs, StageFailure, UserError, cfg_field, config_schema, hook, register_pass
+from pipeline.pass_api import Needs, Output, StageFailure, UserError, cfg_field, config_schema, hook, register_pass
 
 VALIDATION = "validation.json"
 
@@ -32,7 +32,7 @@ class ValidateEmbeddingParams:
 
 
 @register_pass("validate_embedding", params=ValidateEmbeddingParams, deps=("onnxruntime", "transformers"),
-               materialize=True, needs=Needs(modules=("onnxruntime", "transformers")), provides="validation")
+               materialize=True, needs=Needs(modules=("onnxruntime", "transformers")), provides=Output.validation)
 def validate_embedding(inputs: Mapping[str, Any], params: ValidateEmbeddingParams, out: Path) -> dict[str, Any]:
     import numpy as np
 

@@ -1,4 +1,4 @@
 """The store: content-addressed blobs and trees (local.py), portable action records (records.py),
 the machine-local digest memo (memo.py), digests (digests.py); upkeep in maintenance.py."""
 from pipeline.store.local import Store, content_digest, remove_tree  # noqa: F401
-from pipeline.store.records import now_iso  # noqa: F401
+from pipeline.store.records import ActionRecord, RecordUnusable, now_iso  # noqa: F401

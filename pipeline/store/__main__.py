@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from pipeline.store import Store
+from pipeline.store import ActionRecord, Store
 from pipeline.store.maintenance import gc, human, listing, parse_age, parse_size, repair, verify
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"stored once in cas/ as {human(stored)}")
         return 0
     if args.cmd == "verify":
-        damaged: list[dict] = []
+        damaged: list[ActionRecord] = []
         problems = verify(store, damaged)
         for p in problems:
             print(p)

@@ -20,11 +20,11 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from pipeline.store.digests import hash_file, tree_digest, tree_files
 from pipeline.store.memo import DigestMemo, default_memo_path
-from pipeline.store.records import Records
+from pipeline.store.records import ActionRecord, Records
 
 READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 READ_EXECUTE = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH  # folders, and executable files
@@ -51,25 +51,25 @@ class Store:
         return self.root / "trees" / digest
 
     # ---- hits
-    def lookup(self, key: str) -> dict[str, Any] | None:
-        """A record whose output is intact, or None. Marks the record as used (for gc)."""
+    def lookup(self, key: str) -> ActionRecord | None:
+        """A record whose output is intact, or None (why a present record was unusable: ``records.unusable``).
+        Marks the record as used (for gc)."""
         rec = self.records.read(key)
         if rec is None or not self.output_intact(rec):
             return None
         self.records.touch(key)
         return rec
 
-    def output_intact(self, rec: dict[str, Any]) -> bool:
+    def output_intact(self, rec: ActionRecord) -> bool:
         """Every recorded file of the tree is there with its recorded size and content.
 
         Content is checked through the memo: a file whose (inode, size, mtime) the memo knows
         costs a lookup; a file it does not know (a copied or synced store) is hashed once.
         """
-        if not rec.get("materialized"):
+        if not rec.materialized:
             return True
-        tree = self.tree_path(rec["digest"])
-        for rel, entry in rec["files"].items():
-            file_id, size = entry[0], entry[1]
+        tree = self.tree_path(rec.digest)
+        for rel, (file_id, size) in rec.files.items():
             path = tree / rel
             try:  # the tree's file, its content, and its blob (later trees are linked from it)
                 if os.stat(path).st_size != size or self.memo.file(path) != content_digest(file_id) \
@@ -79,11 +79,11 @@ class Store:
                 return False
         return True
 
-    def damaged(self, rec: dict[str, Any]) -> list[str]:
+    def damaged(self, rec: ActionRecord) -> list[str]:
         """The files of the record's tree whose bytes differ from it, hashed now (not through the
         memo, which cannot see damage no write made: bit rot, a restored stat)."""
-        tree, bad = self.tree_path(rec["digest"]), []
-        for rel, (file_id, _size) in sorted(rec.get("files", {}).items()):
+        tree, bad = self.tree_path(rec.digest), []
+        for rel, (file_id, _size) in sorted(rec.files.items()):
             try:
                 if hash_file(tree / rel) != content_digest(file_id):
                     bad.append(rel)
@@ -91,12 +91,12 @@ class Store:
                 bad.append(rel)
         return bad
 
-    def evict(self, rec: dict[str, Any], rels: list[str]) -> None:
+    def evict(self, rec: ActionRecord, rels: list[str]) -> None:
         """Set aside a damaged tree: the blobs of its damaged files leave cas/, so every record
         holding them (the stages that shared the bytes by hard link) misses and is rebuilt."""
         for rel in rels:
-            self.blob_path(rec["files"][rel][0]).unlink(missing_ok=True)
-        remove_tree(self.tree_path(rec["digest"]))
+            self.blob_path(rec.files[rel][0]).unlink(missing_ok=True)
+        remove_tree(self.tree_path(rec.digest))
 
     # ---- building
     FULL = 1 << 20  # less free than this, where the store writes, counts as a full disk
@@ -160,10 +160,10 @@ class Store:
         path.mkdir(parents=True)
         return path
 
-    def ingest(self, built: Path, point: Callable[[str], None] = lambda p: None) -> tuple[str, dict[str, list]]:
+    def ingest(self, built: Path, point: Callable[[str], None] = lambda p: None) -> tuple[str, dict[str, tuple[str, int]]]:
         """Move a finished output dir into cas/ and trees/; return (tree digest, files).
 
-        ``files``: {relative path: [file id, size]}. ``point`` is called at ``after_blobs`` and
+        ``files``: {relative path: (file id, size)}. ``point`` is called at ``after_blobs`` and
         ``after_tree`` (instruments: the test fault hook).
         """
         rels = tree_files(built)
@@ -178,7 +178,7 @@ class Store:
         digest = tree_digest(digests)
         tree = self.place_tree(digest, digests)
         point("after_tree")
-        files = {rel: [d, os.stat(tree / rel).st_size] for rel, d in digests.items()}
+        files = {rel: (d, os.stat(tree / rel).st_size) for rel, d in digests.items()}
         remove_tree(built)
         return digest, files
 

@@ -7,15 +7,11 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.store import Store, remove_tree
+from pipeline.store import ActionRecord, Store, remove_tree
 from pipeline.store.digests import tree_digest
 
 
-def tree_bytes(rec: dict[str, Any]) -> int:
-    return sum(entry[1] for entry in rec.get("files", {}).values())
-
-
-def verify(store: Store, damaged: list[dict[str, Any]] | None = None) -> list[str]:
+def verify(store: Store, damaged: list[ActionRecord] | None = None) -> list[str]:
     """Re-hash every file of every record's tree, and see its blob in cas/; one problem per line (empty: all good).
     The records with a missing or damaged file are appended to ``damaged`` (for ``repair``).
 
@@ -23,18 +19,17 @@ def verify(store: Store, damaged: list[dict[str, Any]] | None = None) -> list[st
     it damaged) is no problem: it misses, and is rebuilt when next needed."""
     problems = []
     for rec in store.records.all():
-        if not rec.get("materialized"):
+        if not rec.materialized:
             continue
-        tree = store.tree_path(rec["digest"])
+        tree = store.tree_path(rec.digest)
         if not tree.is_dir():
             continue
-        label = f"{rec['stage']} {rec['key'][:12]} (tree {rec['digest'][:12]})"
+        label = f"{rec.stage} {rec.key[:12]} (tree {rec.digest[:12]})"
         bad = set(store.damaged(rec))
         if bad and damaged is not None:
             damaged.append(rec)
         seen = {}
-        for rel, entry in rec["files"].items():
-            digest = entry[0]
+        for rel, (digest, _size) in rec.files.items():
             if not (tree / rel).is_file():
                 problems.append(f"{label}: {rel} is missing")
                 continue
@@ -43,17 +38,17 @@ def verify(store: Store, damaged: list[dict[str, Any]] | None = None) -> list[st
             seen[rel] = "damaged" if rel in bad else digest
             if rel in bad:
                 problems.append(f"{label}: {rel} does not match its digest")
-        if len(seen) == len(rec["files"]) and tree_digest(seen) != rec["digest"]:
+        if len(seen) == len(rec.files) and tree_digest(seen) != rec.digest:
             problems.append(f"{label}: tree digest differs")
     return problems
 
 
-def repair(store: Store, damaged: list[dict[str, Any]]) -> int:
+def repair(store: Store, damaged: list[ActionRecord]) -> int:
     """Evict the trees of these records (``verify`` found them damaged) that are damaged still:
     the records holding them miss, and the next builds rebuild them. The number evicted."""
     evicted = 0
     for rec in damaged:
-        bad = store.damaged(rec) if store.tree_path(rec["digest"]).is_dir() else []  # checked again under gc's lock
+        bad = store.damaged(rec) if store.tree_path(rec.digest).is_dir() else []  # checked again under gc's lock
         if bad:
             store.evict(rec, bad)
             evicted += 1
@@ -74,28 +69,28 @@ def gc(store: Store, max_age_s: float | None, max_bytes: int | None, keep_recent
     they point to fit in ``max_bytes``; a record used within ``keep_recent_s`` is never
     dropped. Then remove trees no record points to, blobs no kept record lists, stale tmp/."""
     now = time.time()
-    recs = sorted(store.records.all(), key=lambda r: r["_used"])
-    keep = {r["key"]: r for r in recs}
-    for r in recs:
-        if now - r["_used"] < keep_recent_s:
+    recs = sorted(store.records.used(), key=lambda pair: pair[1])
+    keep = {r.key: r for r, _used in recs}
+    for r, used in recs:
+        if now - used < keep_recent_s:
             continue
-        if max_age_s is not None and now - r["_used"] > max_age_s:
-            keep.pop(r["key"])
+        if max_age_s is not None and now - used > max_age_s:
+            keep.pop(r.key)
     if max_bytes is not None:
         def total() -> int:
-            return sum(tree_bytes(r) for r in {r["digest"]: r for r in keep.values()}.values())
-        for r in recs:
+            return sum(r.bytes for r in {r.digest: r for r in keep.values()}.values())
+        for r, used in recs:
             if total() <= max_bytes:
                 break
-            if r["key"] in keep and now - r["_used"] >= keep_recent_s:
-                keep.pop(r["key"])
+            if r.key in keep and now - used >= keep_recent_s:
+                keep.pop(r.key)
     report = GcReport()
-    for r in recs:
-        if r["key"] not in keep:
-            report.records.append(f"{r['stage']} {r['key'][:12]}")
+    for r, _used in recs:
+        if r.key not in keep:
+            report.records.append(f"{r.stage} {r.key[:12]}")
             if not dry_run:
-                store.records.path(r["key"]).unlink(missing_ok=True)
-    live_trees = {r["digest"] for r in keep.values() if r.get("materialized")}
+                store.records.path(r.key).unlink(missing_ok=True)
+    live_trees = {r.digest for r in keep.values() if r.materialized}
     def settled(p: Path) -> bool:  # a builder may be between linking and writing its record
         st = p.stat()
         return time.time() - max(st.st_mtime, st.st_ctime) >= keep_recent_s
@@ -107,7 +102,7 @@ def gc(store: Store, max_age_s: float | None, max_bytes: int | None, keep_recent
                 remove_tree(tree)
     # A blob is live when a kept record lists it (by content, not by link count: a store
     # copied with `cp -r` has no hard links left, and its blobs are still needed).
-    live_blobs = {entry[0] for r in keep.values() if r.get("materialized") for entry in r["files"].values()}
+    live_blobs = {file_id for r in keep.values() if r.materialized for file_id, _size in r.files.values()}
     for blob in sorted((store.root / "cas").glob("*/*")):
         st = blob.stat()
         if blob.name not in live_blobs and settled(blob):
@@ -139,11 +134,11 @@ def _owner_dead(name: str) -> bool:
 
 def listing(store: Store) -> list[dict[str, Any]]:
     rows = []
-    for r in sorted(store.records.all(), key=lambda r: r.get("created", "")):
+    for r in sorted(store.records.all(), key=lambda r: r.created):
         rows.append({
-            "created": r.get("created", "?"), "model": r.get("model", "?"), "stage": r["stage"],
-            "pass": r.get("pass", "?"), "key": r["key"][:12], "digest": r["digest"][:12],
-            "size": tree_bytes(r), "seconds": r.get("seconds", 0.0), "path": str(store.tree_path(r["digest"])) if r.get("materialized") else "(in memory)",
+            "created": r.created, "model": r.model, "stage": r.stage, "pass": r.pass_name, "key": r.key[:12],
+            "digest": r.digest[:12], "size": r.bytes, "seconds": r.seconds,
+            "path": str(store.tree_path(r.digest)) if r.materialized else "(in memory)",
         })
     return rows
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from pipeline.store.digests import tree_digest
 from pipeline.store.local import Store, content_digest
-from pipeline.store.records import now_iso
+from pipeline.store.records import ActionRecord, now_iso
 from pipeline.store.remote import Remote
 
 FORMAT = 1
@@ -66,23 +66,23 @@ class Published:
     new: bool             # the manifest was written by this publish
 
 
-def publish(remote: Remote, store: Store, record: Mapping[str, Any], name: str, manifest: Mapping[str, Any],
+def publish(remote: Remote, store: Store, record: ActionRecord, name: str, manifest: Mapping[str, Any],
             provenance: Mapping[str, Any]) -> Published:
     """The package of ``record`` (a package stage's action record) under ``name``; ``manifest`` is its manifest.json."""
     check_name(name)
     path = manifest_path(remote, name)
     existing = remote.read_json(path)
-    if existing is not None and existing.get("key") != record["key"]:
+    if existing is not None and existing.get("key") != record.key:
         raise PublicationError(
             f"name: {name!r} is already published at {remote} for another package (key {str(existing.get('key'))[:12]}…, "
-            f"this one {record['key'][:12]}…); allowed: a name not taken, or the default name")
-    files = {rel: list(entry) for rel, entry in record["files"].items()}
-    total = sum(size for _, size in files.values())
+            f"this one {record.key[:12]}…); allowed: a name not taken, or the default name")
+    files = {rel: list(entry) for rel, entry in record.files.items()}
+    total = record.bytes
     uploaded = remote.push_blobs(files, store)
     if existing is not None:
         return Published(name, str(remote), len(files), total, uploaded, False)
     doc = {"format": FORMAT, "name": name, "model": manifest["model"].get("name"), "target": manifest["target"],
-           "kind": manifest["kind"], "key": record["key"], "digest": record["digest"], "created": now_iso(),
+           "kind": manifest["kind"], "key": record.key, "digest": record.digest, "created": now_iso(),
            "bytes": total, "files": files, "provenance": dict(provenance)}
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
     remote.put_atomic(data, path)

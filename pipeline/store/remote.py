@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.store.digests import hash_file, tree_digest
 from pipeline.store.local import EXEC_SUFFIX, Store, content_digest, remove_tree
+from pipeline.store.records import ActionRecord
 
 BIG_BLOB = 64 << 20   # blobs from this size on show a progress bar
 RETRIES = 4           # transient errors: tries per transfer, with backoff
@@ -79,31 +80,36 @@ class Remote:
     def glob(self, pattern: str) -> list[str]:
         return list(_retry(lambda: self.fs.glob(pattern)))
 
-    def record(self, key: str) -> dict[str, Any] | None:
-        return self.read_json(self.record_path(key))
+    def record(self, key: str) -> ActionRecord | None:
+        """The remote's record of ``key``; None when absent; RecordUnusable when it does not validate."""
+        data = self._cat(self.record_path(key))
+        return None if data is None else ActionRecord.parse(data, key)
 
     def read_json(self, path: str) -> Any:
         """A JSON object of the remote; None when absent or unreadable."""
+        data = self._cat(path)
         try:
-            data = _retry(lambda: self.fs.cat_file(path))
-        except FileNotFoundError:
-            return None
-        try:
-            return json.loads(data)
+            return None if data is None else json.loads(data)
         except ValueError:
             return None
 
-    def pull(self, rec: dict[str, Any], store: Store) -> None:
+    def _cat(self, path: str) -> bytes | None:
+        try:
+            return _retry(lambda: self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    def pull(self, rec: ActionRecord, store: Store) -> None:
         """Every blob of the record the local store lacks (digest-checked), the tree, then the record."""
-        if rec.get("materialized"):
-            digests = {rel: entry[0] for rel, entry in rec["files"].items()}
-            if tree_digest(digests) != rec["digest"]:
-                raise RuntimeError(f"store.remote: the record of {rec['key'][:16]}… in {self} does not match its "
+        if rec.materialized:
+            digests = {rel: file_id for rel, (file_id, _size) in rec.files.items()}
+            if tree_digest(digests) != rec.digest:
+                raise RuntimeError(f"store.remote: the record of {rec.key[:16]}… in {self} does not match its "
                                    "files: refused")
-            for rel, (file_id, size) in rec["files"].items():
+            for file_id, size in rec.files.values():
                 if not store.has_blob(file_id):
                     self._download(file_id, size, store)
-            store.place_tree(rec["digest"], digests)
+            store.place_tree(rec.digest, digests)
         store.records.write(rec)
 
     def _download(self, file_id: str, size: int, store: Store) -> None:
@@ -127,15 +133,14 @@ class Remote:
             dest.chmod(0o755)
 
     # ---- writing
-    def push(self, rec: dict[str, Any], store: Store) -> None:
+    def push(self, rec: ActionRecord, store: Store) -> None:
         """Blobs the remote lacks, then the record (last: its presence means the blobs are there)."""
-        if rec.get("materialized"):
-            self.push_blobs(rec["files"], store)
-        data = json.dumps(rec, indent=1, sort_keys=True).encode()
-        self.put_atomic(data, self.record_path(rec["key"]))
+        if rec.materialized:
+            self.push_blobs(rec.files, store)
+        self.put_atomic(rec.text().encode(), self.record_path(rec.key))
 
     def push_blobs(self, files: Mapping[str, Any], store: Store) -> int:
-        """The blobs of ``files`` ({path: [file id, size]}) the remote lacks; the bytes uploaded."""
+        """The blobs of ``files`` ({path: (file id, size)}) the remote lacks; the bytes uploaded."""
         before = self.pushed_bytes
         for file_id, size in {e[0]: e[1] for e in files.values()}.items():
             target = self.blob_path(file_id)

@@ -54,6 +54,7 @@ class BuildResult:
     stages: list[StageResult]
     store_root: Path
     provided: dict[Output, dict[str, Provided]] = field(default_factory=dict)  # output -> model role -> what it gave
+    chosen: list[str] = field(default_factory=list)  # what the plan chose (a target's auto hw values), one line each
 
     def _given(self, output: Output) -> dict[str, Any]:
         return {role: p.value for role, p in self.provided.get(output, {}).items()}
@@ -107,6 +108,7 @@ class BuildResult:
             "benchmark": self.benchmarks.get("model"),
             "benchmarks": self.benchmarks,
             "package_bytes": self.package_bytes,
+            "chosen": list(self.chosen),
             "store": str(self.store_root),
         }
 
@@ -114,7 +116,7 @@ class BuildResult:
 def build_result(plan: BuildPlan, results: Mapping[str, StageResult], store: Store) -> BuildResult:
     """Each stage's result, and what the stages that provide an output gave: a tree once built or
     hit; a result dict when the pass returned one (a failed validation's too)."""
-    res = BuildResult([results[s.name] for s in plan.stages], store.root)
+    res = BuildResult([results[s.name] for s in plan.stages], store.root, chosen=list(plan.notes))
     for s in plan.stages:
         r, output = results[s.name], s.spec.provides
         if output is None:

@@ -28,7 +28,8 @@ def test_a_family_outside_the_interface_builds_with_default_settings(empty_store
     """Falcon stopped the default CPU build before (hw.attention was gqa); auto takes the scatter graph and says so."""
     r = run_pipeline(empty_store, FALCON)
     assert r.rc == 0, r.out + r.err
-    assert "hw.attention: auto -> scatter (FalconForCausalLM does not take transformers' attention interface)" in r.out
+    chose = "hw.attention: auto -> scatter (FalconForCausalLM does not take transformers' attention interface)"
+    assert chose in r.out and r.summary["chosen"] == [chose]
     assert r.summary["validation"]["passed"]
     assert (Path(r.summary["package"]) / "decode.onnx").is_file()  # the scatter program: a fixed-shape graph per shape
     llama = run_pipeline(empty_store, "~pipeline.stages.reference", "~pipeline.stages.validate")

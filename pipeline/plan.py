@@ -24,7 +24,7 @@ from pipeline.config import CONF_DIR, check_config
 from pipeline.graph import Stage, build_graph, stage_order
 from pipeline.pass_api import Output, UserError, params_from_config
 from pipeline.target_api import find_target
-from pipeline.store.local import free_bytes
+from pipeline.store.files import free_bytes
 from pipeline.store.maintenance import human
 
 

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from pipeline.store.digests import tree_digest
-from pipeline.store.local import Store, content_digest
+from pipeline.store.files import content_digest
+from pipeline.store.local import Store
 from pipeline.store.records import ActionRecord, now_iso
 from pipeline.store.remote import Remote
 

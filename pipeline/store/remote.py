@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.store.digests import hash_file, tree_digest
-from pipeline.store.local import EXEC_SUFFIX, Store, content_digest, remove_tree
+from pipeline.store.files import EXEC_SUFFIX, content_digest, remove_tree
+from pipeline.store.local import Store
 from pipeline.store.records import ActionRecord
 
 BIG_BLOB = 64 << 20   # blobs from this size on show a progress bar

@@ -1,0 +1,34 @@
+"""How the store keeps files: read-only modes, a file's id in cas/ (its content digest, ``.x`` when executable), removing trees, free space."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+READ_EXECUTE = READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH  # folders, and executable files
+# A file's id in cas/ is its content digest, plus this suffix when it is executable (a
+# script like compile.sh): the mode is part of what is stored, so it survives the store.
+EXEC_SUFFIX = ".x"
+
+
+def content_digest(file_id: str) -> str:
+    return file_id.removesuffix(EXEC_SUFFIX)
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds, or will hold, ``path`` (its nearest existing ancestor)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a (possibly read-only) directory tree."""
+    if not path.exists():
+        return
+    for dirpath, _dirs, _files in os.walk(path):
+        os.chmod(dirpath, stat.S_IRWXU)
+    shutil.rmtree(path)

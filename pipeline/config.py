@@ -29,7 +29,6 @@ from pipeline.pass_api import UserError
 from pipeline.report import METRICS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-MODEL_ROLES = ("model", "draft_model")  # config groups with the same presets (conf/draft_model -> model)
 
 
 @dataclass

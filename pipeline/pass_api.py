@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Callable, Mapping
 
-from pipeline.target_api import HwSchema, Target, find_target, schema_default  # noqa: F401 - re-exported
+from pipeline.target_api import HwSchema, Numerics, Target, find_target, schema_default  # noqa: F401 - re-exported
 
 REGISTRY: dict[str, "PassSpec"] = {}
 REQUIRED = "???"  # a schema default a preset must replace (OmegaConf's MISSING)
@@ -107,6 +107,7 @@ class Output(StrEnum):
     package = ("package", True)         # BuildResult.packages (package_keys, package_bytes)
     validation = ("validation", False)  # BuildResult.validations
     benchmark = ("benchmark", False)    # BuildResult.benchmarks
+    evaluation = ("evaluation", False)  # BuildResult.evaluations
 
     def __new__(cls, value: str, tree: bool) -> "Output":
         member = str.__new__(cls, value)

@@ -78,6 +78,10 @@ class BuildResult:
         return self._given(Output.benchmark)
 
     @property
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        return self._given(Output.evaluation)
+
+    @property
     def package_bytes(self) -> int | None:
         """The model's package: the sum of its files' sizes (from its record)."""
         model = self.provided.get(Output.package, {}).get("model")

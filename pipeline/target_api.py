@@ -38,6 +38,38 @@ class HwSchema:
     compile_pass: str = ""
 
 
+FLOAT32, FLOAT16, MXFP6, MXINT8 = "float32", "float16", "mxfp6", "mxint8"
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How a lossy program stores values: activations, MatMul weights, the KV cache; node outputs kept fp32."""
+
+    activations: str = FLOAT32                 # float32 | float16
+    matmul_weights: str = FLOAT32              # float32 | float16 | mxfp6
+    kv_cache: str = FLOAT32                    # float32 | float16 | mxint8
+    fp32_nodes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """validation.target of its twin: onnx-fp32, onnx-fp16, onnx-fp16-mxfp6, onnx-fp16-mxfp6-kvmxint8, ..."""
+        parts = ["onnx", "fp16" if self.activations == FLOAT16 else "fp32"]
+        parts += ["mxfp6"] * (self.matmul_weights == MXFP6) + ["kvmxint8"] * (self.kv_cache == MXINT8)
+        return "-".join(parts)
+
+    @property
+    def mx(self) -> bool:
+        return MXFP6 in (self.matmul_weights, self.kv_cache) or MXINT8 in (self.matmul_weights, self.kv_cache)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"activations": self.activations, "matmul_weights": self.matmul_weights, "kv_cache": self.kv_cache,
+                "fp32_nodes": list(self.fp32_nodes), "label": self.label}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Numerics":
+        return cls(d["activations"], d["matmul_weights"], d["kv_cache"], tuple(d.get("fp32_nodes", ())))
+
+
 class Target:
     """One target. Subclasses set ``hw_schema`` and override what differs from a host target whose
     ONNX Runtime program is its own ONNX view."""
@@ -86,6 +118,12 @@ class Target:
     def provenance(self, program: Any, versions: Mapping[str, str]) -> dict[str, Any]:
         """The compiler that made the program, for a publication's provenance."""
         return {"kind": ONNX_VIEW_RUNNER, "version": versions.get("onnxruntime")}
+
+    def numerics(self, build: Mapping[str, Any]) -> Numerics | None:
+        """What the program computes in, from the settings it was built with (``Program.build``):
+        None where it computes as exported (fp32). A lossy target's numerics are what its twin
+        (passes/numerics) reproduces on the CPU and what the teacher-forced gate judges."""
+        return None
 
 
 def schema_default(schema: type, name: str) -> Any:

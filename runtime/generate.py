@@ -119,6 +119,21 @@ def run_step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: n
     """
     sig = session.program.signature
     rows = len(ids)
+    feeds = step_feeds(session, spec, ids, pos, kv, batch_index, adapter_ids)
+    kv_rows = None if batch_index is None else np.asarray(batch_index, dtype=np.int64).reshape(spec.batch_size, 1)
+    out = session.run(spec, feeds, kv_rows)
+    if not session.keeps_kv:
+        for past in sig.past_kv():
+            kv[past.name] = out[sig.retained(past).name]
+    return {v.role: out[v.name][:rows] for v in sig.outputs if v.role != fmt.RETAINED_KV and v.name in out}
+
+
+def step_feeds(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: np.ndarray,
+               kv: dict[str, np.ndarray], batch_index: np.ndarray | None = None,
+               adapter_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """The feeds of one run of ``spec`` (``run_step``'s inputs, padded to the specialization's shape)."""
+    sig = session.program.signature
+    rows = len(ids)
     # a specialization that is an upper bound takes any length up to it: no need to pad the sequence
     seq = ids.shape[1] if spec.upper_bound else spec.seq_len
     pad = ((0, spec.batch_size - rows), (0, seq - ids.shape[1]))
@@ -139,8 +154,4 @@ def run_step(session: Session, spec: fmt.Specialization, ids: np.ndarray, pos: n
     if (keep := sig.input(fmt.LOGITS_TO_KEEP)) is not None:
         kept = int(spec.symbols.get("num_logits_to_keep", 1))
         feeds[keep.name] = np.zeros((min(kept, seq) if spec.upper_bound else kept, 1), dtype=np.int64)
-    out = session.run(spec, feeds, kv_rows)
-    if not session.keeps_kv:
-        for past in sig.past_kv():
-            kv[past.name] = out[sig.retained(past).name]
-    return {v.role: out[v.name][:rows] for v in sig.outputs if v.role != fmt.RETAINED_KV and v.name in out}
+    return feeds

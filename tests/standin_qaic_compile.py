@@ -34,7 +34,7 @@ FLAGS = {"aic-hw", "retained-state", "convert-to-fp16", "mxfp6-matmul", "aic-ena
          "allow-mxint8-mdp-io", "sub-functions", "compile-only"}
 VALUED = {"aic-hw-version": str, "m": str, "aic-num-cores": int, "mos": int, "ols": int,
           "mdp-load-partition-config": str, "network-specialization-config": str,
-          "custom-IO-list-file": str, "aic-binary-dir": str}
+          "custom-IO-list-file": str, "aic-binary-dir": str, "node-precision-info": str}
 REQUIRED = ("aic-hw", "m", "aic-binary-dir")
 PRECISIONS = {"float16", "mxint8", "bfloat16"}
 
@@ -162,6 +162,22 @@ def check_mdp(path: Path, num_cores: int) -> int:
     return len(ids)
 
 
+def check_node_precision(path: Path, model: str) -> list[str]:
+    """-node-precision-info: YAML with an FP32NodeInstanceNames list of node outputs of the model."""
+    import onnx
+    import yaml
+
+    try:
+        names = yaml.safe_load(path.read_text())["FP32NodeInstanceNames"]
+    except (yaml.YAMLError, KeyError, TypeError) as e:
+        raise Bad(f"-node-precision-info: {path} has no FP32NodeInstanceNames list: {e}") from None
+    produced = {o for node in onnx.load(model, load_external_data=False).graph.node for o in node.output}
+    unknown = [n for n in names if n not in produced]
+    if not isinstance(names, list) or not names or unknown:
+        raise Bad(f"-node-precision-info: {unknown[:1] or names!r} is not a node output of the model")
+    return names
+
+
 def main(argv: list[str]) -> int:
     try:
         opts = parse(argv)
@@ -190,6 +206,9 @@ def main(argv: list[str]) -> int:
         if "custom-IO-list-file" in opts:
             path = existing(str(opts["custom-IO-list-file"]), "-custom-IO-list-file")
             described["custom_io"] = check_custom_io(path, inputs | outputs)
+        if "node-precision-info" in opts:
+            path = existing(str(opts["node-precision-info"]), "-node-precision-info")
+            described["fp32_nodes"] = check_node_precision(path, str(opts["m"]))
         if "mdp-load-partition-config" in opts:
             if "aic-num-cores" not in opts:
                 raise Bad("-mdp-load-partition-config needs -aic-num-cores")

@@ -28,7 +28,9 @@ def ai100_build(tmp_path_factory):
 def test_package_has_the_qpc_layout_and_validates_the_compiled_onnx(ai100_build):
     store, r = ai100_build
     v = r.summary["validation"]
-    assert v["passed"] and v["target"] == "onnx" and v["tokens_compared"] == 32
+    # the exact ONNX handed to the compiler in fp32, then its fp16 + MXFP6 twin through the teacher-forced gate
+    assert v["passed"] and v["exact_target"] == "onnx" and v["tokens_compared"] == 32
+    assert v["target"] == "onnx-fp16-mxfp6" and v["gate"]["passed"] and v["gate"]["positions"] > 2000
     pkg = Path(r.summary["package"])
     for name in ("qpc/programqpc.bin", "specializations.json", "custom_io.yaml", "qconfig.json", "manifest.json",
                  "model.onnx", "compile.sh"):

@@ -130,7 +130,8 @@ def test_ai100_package_takes_adapters_as_inputs(lora_store, adapters, tmp_path):
     program = json.loads((store / "trees" / r.stage("compile")["digest"] / "qpc" / "programqpc.bin").read_text())
     assert "adapter_ids" in program["inputs"] and "lora_A.model.layers.0.self_attn.q_proj" in program["inputs"]
     v = r.summary["validation"]
-    assert v["passed"] and v["target"] == "onnx" and all(a["passed"] for a in v["adapters"].values()), v
+    assert v["passed"] and v["exact_target"] == "onnx" and all(a["passed"] for a in v["adapters"].values()), v
+    assert v["target"] == "onnx-fp16-mxfp6" and v["gate"]["passed"], v
     # On the device (the qaicrt stand-in runs the ONNX handed to the compiler): the session feeds
     # the package's LoRA weights, and adapter=beta gives beta's tokens.
     run = infer(store, adapters_arg(adapters, ["alpha", "beta"]), "hw=ai100_16c", f"hw.compiler={STANDIN}",

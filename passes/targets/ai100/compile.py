@@ -8,6 +8,7 @@ model.onnx + data files   the ONNX handed to the compiler: fp32 constants clippe
 io.json                   the graph's IO signature (from the input tree)
 specializations.json      passes.targets.specializations, in hw.specialization_format
 custom_io.yaml            KV inputs and their retained-state outputs in hw.kv_cache_dtype
+node_precision.yaml       hw.fp32_nodes: the node outputs kept in fp32 (-node-precision-info)
 mdp_ts_<N>.json           hw.num_devices > 1: tensor slicing over N devices
 compile.sh                the exact compiler command (POSIX sh, executable; `./compile.sh` in a copy of
                           this folder writes qpc/ there; QAIC_COMPILER=<path> picks the compiler)
@@ -34,13 +35,13 @@ from typing import Any, Mapping, Optional
 
 from passes.targets import specializations as spz
 from passes.targets.ai100.plan import (
-    COMPILE_JSON, CUSTOM_IO, OWN_OPTIONS, QPC_DIR, SCRIPT, SPECIALIZATIONS, compiler_options, custom_io_yaml,
-    mdp_config, mdp_file, script_text,
+    AUTO, COMPILE_JSON, CUSTOM_IO, NODE_PRECISION, OWN_OPTIONS, QPC_DIR, SCRIPT, SPECIALIZATIONS, compiler_options,
+    custom_io_yaml, mdp_config, mdp_file, node_precision_yaml, read_node_names, script_text,
 )
 from passes.targets.ai100.sdk import compiler_candidates, compiler_kind, compiler_version, find_compiler, sdk_default
 from passes.targets.ai100.target import Ai100Hw
 from passes.targets.shapes import ShapeParams
-from pipeline.pass_api import Needs, UserError, cfg_field, config_of, config_schema, hook, register_pass
+from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_of, config_schema, hook, register_pass
 
 TARGET = Ai100Hw.target  # the program's target: its session opens the package
 MAX_CORES = 16
@@ -65,6 +66,11 @@ class CompileAi100Params(ShapeParams):
     hw_version: str = cfg_field(Ai100Hw, "hw_version")
     mxfp6_matmul: bool = cfg_field(Ai100Hw, "mxfp6_matmul")
     kv_cache_dtype: str = cfg_field(Ai100Hw, "kv_cache_dtype")
+    fp32_nodes: Any = cfg_field(Ai100Hw, "fp32_nodes")  # resolved to a tuple of names (a file's by content), or auto
+    # hw.fp32_nodes=auto searches the evaluation text of validate (else both are blanked out of the key)
+    eval_text: Optional[str] = cfg_field("validate.eval_text", REQUIRED, kind="note")
+    eval_tokens: int = cfg_field("validate.eval_tokens", REQUIRED)
+    eval_text_sha256: str = ""
     mos: Optional[int] = cfg_field(Ai100Hw, "mos")
     ols: Optional[int] = cfg_field(Ai100Hw, "ols")
     aic_enable_depth_first: bool = cfg_field(Ai100Hw, "aic_enable_depth_first")
@@ -93,6 +99,20 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
     # The ONNX handed to the compiler: fp16-safe constants, weights in bounded external files.
     model = onnx_files.load_ir(src)
     clipped = clip_fp16(model)
+    found = None
+    if params.fp32_nodes == AUTO:  # the node outputs that leave fp16's range on the evaluation text
+        if "checkpoint" not in inputs or not kv_graph(signature):
+            raise UserError("hw.fp32_nodes: 'auto' is not allowed in this pipeline; allowed: none, a list of node "
+                            "output names or a file (auto needs a causal LM stage with a checkpoint input)")
+        found = _find_fp32_nodes(model, signature, specs, Path(inputs["checkpoint"]), params, out)
+        params = dataclasses.replace(params, fp32_nodes=tuple(found["names"]))
+    if params.fp32_nodes:
+        produced = {v.name for node in model.graph for v in node.outputs}
+        unknown = [n for n in params.fp32_nodes if n not in produced]
+        if unknown:
+            raise UserError(f"hw.fp32_nodes: {unknown[0]!r} is not allowed; allowed: names of node outputs of the "
+                            f"graph ({len(unknown)} of {len(params.fp32_nodes)} not found)")
+        (out / NODE_PRECISION).write_text(node_precision_yaml(params.fp32_nodes))
     onnx_files.save_ir(model, out, max_file_bytes=MAX_FILE_BYTES)
     del model
     link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
@@ -121,11 +141,36 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
         TARGET, signature, specs, graphs={s.name: onnx_files.MODEL for s in specs}, weights=tuple(data_files),
         options={"intra_op_num_threads": 0}, binary=QPC_DIR, validation_target="onnx", build=build))
     result = {"command": portable, "seconds": 0.0, "compiler_version": params.compiler_version,
-              "dry_run": params.dry_run, "output_tail": "", "fp16_clipped": clipped}
+              "dry_run": params.dry_run, "output_tail": "", "fp16_clipped": clipped,
+              **({"fp32_nodes_found": found} if found is not None else {})}
     if params.dry_run:
         return result
     argv = [str(params.compiler), *options]
     return {**result, **run_compiler(argv, out, params.compiler_kind, params.compile_timeout_s)}
+
+
+def kv_graph(signature: Any) -> bool:
+    from runtime import package_format as fmt
+
+    return signature.kind == fmt.CAUSAL_LM
+
+
+def _find_fp32_nodes(model: Any, signature: Any, specs: Any, checkpoint: Path, params: CompileAi100Params,
+                     out: Path) -> dict[str, Any]:
+    from passes.numerics import eval_text
+    from passes.numerics.precision import find_fp32_nodes
+    from transformers import AutoTokenizer
+
+    from runtime import package_format as fmt
+
+    ids = AutoTokenizer.from_pretrained(checkpoint)(eval_text.read_text(params.eval_text)).input_ids
+    probe = fmt.Program(TARGET, signature, specs, graphs={s.name: "model.onnx" for s in specs},
+                        options={"intra_op_num_threads": 0})
+    found = find_fp32_nodes(model, probe, ids, params.eval_tokens, out / ".fp32_probe")
+    print(f"  fp32_nodes: auto found {len(found['names'])} of {found['values_probed']} node outputs past "
+          f"{found['threshold']:g} on {min(len(ids), params.eval_tokens)} tokens of {eval_text.describe(params.eval_text)}",
+          flush=True)
+    return found
 
 
 def _bad(key: str, value: Any, allowed: str) -> UserError:
@@ -156,6 +201,10 @@ def check(params: CompileAi100Params, facts: Any = None) -> None:
                        "from its own hw./compile. key)")
         if not isinstance(value, (bool, int, float, str)):
             raise _bad(f"hw.extra_options.{key}", value, "true, false, a number or a string")
+    try:
+        read_node_names(p.fp32_nodes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     spz.check_plan(p, facts)
     if not p.dry_run and find_compiler(p.compiler) is None:
         looked = ", ".join(str(c) for c in compiler_candidates(p.compiler))
@@ -169,5 +218,14 @@ def resolve(params: CompileAi100Params) -> CompileAi100Params:
     path = find_compiler(params.compiler)
     version = "none" if params.dry_run or path is None else compiler_version(path)
     named = path or (Path(params.compiler) if params.compiler else None)
+    names = read_node_names(params.fp32_nodes)
+    if names == AUTO:
+        from passes.numerics import eval_text
+
+        text = eval_text.sha256(eval_text.read_text(params.eval_text))
+        search = {"eval_text_sha256": text}
+    else:  # the evaluation text is not read: keep it out of the key
+        search = {"eval_text": None, "eval_tokens": 0, "eval_text_sha256": ""}
     return dataclasses.replace(params, compiler=str(path) if path else params.compiler,
-                               compiler_version=version, compiler_kind=compiler_kind(named))
+                               compiler_version=version, compiler_kind=compiler_kind(named), fp32_nodes=names,
+                               **search)

@@ -11,12 +11,15 @@ SPECIALIZATIONS = "specializations.json"
 CUSTOM_IO = "custom_io.yaml"
 SCRIPT = "compile.sh"
 COMPILE_JSON = "compile.json"
+NODE_PRECISION = "node_precision.yaml"
+AUTO = "auto"
 QPC_DIR = "qpc"
 PROGRAM = "programqpc.bin"
 # Options the plan sets itself: hw.extra_options may not set them again.
 OWN_OPTIONS = ("aic_hw", "aic_hw_version", "m", "retained_state", "convert_to_fp16", "aic_num_cores",
                "mxfp6_matmul", "mos", "ols", "aic_enable_depth_first", "mdp_load_partition_config",
-               "network_specialization_config", "custom_IO_list_file", "aic_binary_dir", "compile_only")
+               "network_specialization_config", "custom_IO_list_file", "aic_binary_dir", "compile_only",
+               "node_precision_info")
 
 
 def extra_flags(extra: Mapping[str, Any]) -> list[str]:
@@ -49,6 +52,8 @@ def compiler_options(params: Any, kv: bool = True) -> list[str]:
         opts.append(f"-mdp-load-partition-config={mdp_file(params.num_devices)}")
     opts += [f"-network-specialization-config={SPECIALIZATIONS}", *[f"-custom-IO-list-file={CUSTOM_IO}"] * kv,
              f"-aic-binary-dir={QPC_DIR}"]
+    if params.fp32_nodes:
+        opts.append(f"-node-precision-info={NODE_PRECISION}")
     opts += extra_flags(params.extra_options)
     if params.compiler_kind == "qaic-exec":
         opts.append("-compile-only")
@@ -95,3 +100,36 @@ def script_text(params: Any, kv: bool = True) -> str:
         'cd "$(dirname "$0")"\n'
         f'exec "${{QAIC_COMPILER:-{default}}}" {options}\n'
     )
+
+
+def node_precision_yaml(names: Any) -> str:
+    """The node outputs kept in fp32, in the form -node-precision-info reads (AI100.md)."""
+    return "FP32NodeInstanceNames:\n" + "".join(f" - {n}\n" for n in names)
+
+
+def read_node_names(value: Any, key: str = "hw.fp32_nodes") -> tuple[str, ...] | str:
+    """hw.fp32_nodes as names: ``none`` -> (), ``auto`` as it is (compile finds them), a list as it
+    is, a path -> its FP32NodeInstanceNames (ValueError, one line, for anything else)."""
+    from pathlib import Path
+
+    if value is None or value == "none":
+        return ()
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(n, str) and n for n in value):
+            raise ValueError(f"{key}: {list(value)!r} is not allowed; allowed: a list of node output names")
+        return tuple(value)
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{key}: {value!r} is not allowed; allowed: none, auto, a list of node output names, "
+                         "or a YAML file with an FP32NodeInstanceNames list")
+    import yaml
+
+    try:
+        names = (yaml.safe_load(path.read_text()) or {}).get("FP32NodeInstanceNames")
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{key}: {value!r} is not a YAML mapping with FP32NodeInstanceNames ({type(e).__name__})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{key}: {value!r} has no FP32NodeInstanceNames list of names")
+    return tuple(names)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from passes.targets.ai100.sdk import qaicrt_present
-from pipeline.pass_api import HwSchema, Target, config_schema
+from pipeline.pass_api import HwSchema, Numerics, Target, config_schema
 
 
 class KvCacheDtype(StrEnum):
@@ -41,6 +41,9 @@ class Ai100Hw(HwSchema):
     hw_version: str = "ai100"              # -aic-hw-version
     mxfp6_matmul: bool = True
     kv_cache_dtype: KvCacheDtype = KvCacheDtype.float16
+    # Node outputs computed in fp32 under -convert-to-fp16 (-node-precision-info): none, a list of
+    # names, or a YAML file with an FP32NodeInstanceNames list (the reference library's form).
+    fp32_nodes: Any = "none"
     mos: Optional[int] = None
     ols: Optional[int] = None
     aic_enable_depth_first: bool = False
@@ -72,6 +75,15 @@ class Ai100Target(Target):
         from passes.targets.ai100.package import write_qconfig
 
         write_qconfig(out, checkpoint, program, config["rewrite"]["rules"])
+
+    def numerics(self, build: Mapping[str, Any]) -> Numerics:
+        """-convert-to-fp16 always; MXFP6 MatMul weights with hw.mxfp6_matmul; the KV cache's
+        custom IO precision; the node outputs of hw.fp32_nodes (resolved to names by compile)."""
+        hw = build.get("hw", {})
+        names = hw.get("fp32_nodes") or []
+        return Numerics(activations="float16", matmul_weights="mxfp6" if hw.get("mxfp6_matmul") else "float16",
+                        kv_cache=str(hw.get("kv_cache_dtype", "float16")),
+                        fp32_nodes=tuple(names) if isinstance(names, (list, tuple)) else ())
 
     def provenance(self, program: Any, versions: Mapping[str, str]) -> dict[str, Any]:
         hw = program.build.get("hw", {})

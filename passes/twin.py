@@ -31,7 +31,7 @@ class TwinParams:
 
 
 @register_pass("twin", params=TwinParams, deps=("onnx", "onnx_ir", "numpy"), materialize=True,
-               needs=Needs(modules=("onnx_ir",), weight_copies=1))
+               needs=Needs(modules=("onnx_ir",)))  # a lossy twin writes a weight copy; a lossless one a file
 def twin(inputs: Mapping[str, Any], params: TwinParams, out: Path) -> dict[str, Any]:
     from passes.lib import onnx_files
     from passes.numerics.twin import make_twin

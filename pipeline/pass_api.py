@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Callable, Mapping
 
-from pipeline.target_api import HwSchema, Numerics, Target, find_target, schema_default  # noqa: F401 - re-exported
+from pipeline.target_api import (  # noqa: F401 - re-exported
+    FLOAT16, FLOAT32, MXFP6, MXINT8, HwSchema, Numerics, Target, find_target, schema_default,
+)
 
 REGISTRY: dict[str, "PassSpec"] = {}
 REQUIRED = "???"  # a schema default a preset must replace (OmegaConf's MISSING)

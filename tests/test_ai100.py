@@ -29,7 +29,8 @@ ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH'
 KV = ["past_key.0", "past_value.0", "past_key.1", "past_value.1"]
 SDK_PRESENT = any(p.exists() for p in sdk.SDK_COMPILERS)
 # Stages up to compile only: package/validate for ai100 are built elsewhere (and cost time here).
-UP_TO_COMPILE = ("~pipeline.stages.package", "~pipeline.stages.reference", "~pipeline.stages.validate")
+UP_TO_COMPILE = ("~pipeline.stages.package", "~pipeline.stages.twin", "~pipeline.stages.reference",
+                 "~pipeline.stages.validate")
 
 
 def ai100(store: Path, *overrides: str, env: dict | None = None, hw: str = "ai100_16c", compiler: bool = True):

@@ -252,3 +252,87 @@ def test_an_ai100_package_is_served_through_qaicrt(server, tmp_path):
     finally:
         s.stop()
     assert "(causal_lm, 4 slots)" in s.log.read_text()
+
+
+def _trees(store: Path) -> tuple[Path, Path]:
+    """(the package, the checkpoint the load stage wrote) in a server's store."""
+    trees = [t for t in (store / "trees").iterdir() if t.is_dir()]
+    package = next(t for t in trees if (t / "manifest.json").is_file())
+    checkpoint = next(t for t in trees if (t / "config.json").is_file() and not (t / "manifest.json").is_file())
+    return package, checkpoint
+
+
+def _torch_logprobs(checkpoint: Path, ids: list[int]) -> np.ndarray:
+    """[len(ids) - 1] log p(ids[i] | ids[:i]) by the PyTorch model in fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+    return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_the_reference_does(server):
+    """What harnesses score text with: the prompt's tokens' log-probabilities (teacher forced), then the new one's."""
+    from transformers import AutoTokenizer
+
+    store = Path(server.proc.args[4].split("=", 1)[1])
+    package, checkpoint = _trees(store)
+    prompt = "The capital of France is Paris, and the capital of Italy is"
+    ids = AutoTokenizer.from_pretrained(package / "tokenizer")(prompt)["input_ids"]
+    c = server.client()
+    choice = c.completions.create(model=MODEL, prompt=prompt, max_tokens=2, logprobs=3, echo=True,
+                                  temperature=0).choices[0]
+    lp = choice.logprobs
+    assert choice.text.startswith(prompt) and lp.token_logprobs[0] is None and len(lp.tokens) == len(ids) + 2
+    assert "".join(lp.tokens) == choice.text and lp.text_offset[1] == len(lp.tokens[0])
+    expected = _torch_logprobs(checkpoint, ids)
+    assert np.abs(np.array(lp.token_logprobs[1:len(ids)]) - expected).max() < 1e-3
+    # the new tokens: greedy, so each is its position's likeliest, with its own log-probability among the top 3
+    for token, value, top in zip(lp.tokens[len(ids):], lp.token_logprobs[len(ids):], lp.top_logprobs[len(ids):]):
+        assert value == max(top.values()) and top[token] == value
+    # token ids in, the same scores out; a bad id is a 400
+    again = c.completions.create(model=MODEL, prompt=[ids], max_tokens=1, logprobs=0, echo=True).choices[0]
+    assert np.allclose(again.logprobs.token_logprobs[1:len(ids)], lp.token_logprobs[1:len(ids)], atol=1e-9)
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model=MODEL, prompt=[[10**9]], max_tokens=1)
+    assert e.value.body["message"].startswith("prompt: token id 1000000000 is not allowed")
+
+
+def test_lm_eval_scores_a_task_through_the_server(server, tmp_path):
+    """lm-eval's local-completions model against the server: each choice's log-likelihood is the reference's."""
+    import torch  # noqa: F401 - the reference below
+    from transformers import AutoTokenizer
+
+    store = Path(server.proc.args[4].split("=", 1)[1])
+    package, checkpoint = _trees(store)
+    docs = [{"question": "The capital of France is", "choices": [" Paris", " Rome", " Berlin"], "answer": 0},
+            {"question": "Two plus two equals", "choices": [" four", " five"], "answer": 0},
+            {"question": "The opposite of hot is", "choices": [" cold", " warm", " red"], "answer": 0}]
+    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "tiny.yaml").write_text(
+        "task: tiny_choices\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'tiny.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n")
+    args = (f"model={MODEL},base_url={server.url}/v1/completions,tokenizer={package / 'tokenizer'},"
+            "tokenized_requests=True,num_concurrent=1,max_retries=1")
+    r = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", args,
+                        "--tasks", "tiny_choices", "--include_path", str(tmp_path), "--output_path",
+                        str(tmp_path / "out"), "--log_samples"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    samples = [json.loads(line) for f in (tmp_path / "out").rglob("samples_tiny_choices_*.jsonl")
+               for line in f.read_text().splitlines()]
+    assert len(samples) == len(docs)
+    tokenizer = AutoTokenizer.from_pretrained(package / "tokenizer")
+    for sample in samples:
+        for args_, resp in zip(sample["arguments"].values(), sample["resps"]):
+            context, continuation = args_["arg_0"], args_["arg_1"]
+            whole = tokenizer(context + continuation)["input_ids"]  # lm-eval's own pairing of the two
+            start = len(tokenizer(context)["input_ids"])
+            expected = _torch_logprobs(checkpoint, whole)[start - 1:].sum()
+            assert abs(float(resp[0][0]) - expected) < 1e-3, (context, continuation, resp, expected)

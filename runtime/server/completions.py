@@ -26,13 +26,12 @@ def add_routes(app: FastAPI, served_for: Callable[[str, str], Any]) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
         served = served_for(body.model, "causal_lm")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise ApiError(400, "prompt: [] is not allowed; allowed: a string or a non-empty list of strings", "prompt")
-        ids = [list(served.tokenizer(p)["input_ids"]) for p in prompts]
+        ids, prompts = _prompt_ids(served, body.prompt)
         max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+        if body.logprobs is not None and body.stream:
+            raise ApiError(400, "logprobs: not allowed with stream=true; allowed: logprobs with stream=false", "logprobs")
         return await _respond(served, body, ids, max_tokens, "prompt", chat=False,
-                              echo=prompts if body.echo else None)
+                              echo=prompts if body.echo else None, logprobs=body.logprobs)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
@@ -50,6 +49,41 @@ def add_routes(app: FastAPI, served_for: Callable[[str, str], Any]) -> None:
         return await _respond(served, body, ids, max_tokens, "messages", chat=True)
 
 
+def _prompt_ids(served: Any, prompt: Any) -> tuple[list[list[int]], list[str]]:
+    """(token ids, text) of each prompt: a string, strings, token ids or lists of token ids."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise ApiError(400, "prompt: [] is not allowed; allowed: a string, a list of strings or of token id lists",
+                       "prompt")
+    if isinstance(prompt[0], int):
+        prompt = [prompt]
+    if isinstance(prompt[0], str):
+        return [list(served.tokenizer(p)["input_ids"]) for p in prompt], list(prompt)
+    vocab = served.engine.session.program.signature.dims["vocab_size"]
+    for p in prompt:
+        bad = next((t for t in p if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"prompt: token id {bad} is not allowed; allowed: 0..{vocab - 1}", "prompt")
+    return [list(p) for p in prompt], [served.tokenizer.decode(p) for p in prompt]
+
+
+def _logprobs(tokenizer: Any, prompt_ids: list[int], done: dict[str, Any], echo: bool) -> dict[str, Any]:
+    """OpenAI's completions ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset; the prompt's
+    first (with echo), whose first token has none."""
+    ids = (list(prompt_ids) if echo else []) + list(done["ids"])
+    scores = done["scores"] if echo else done["scores"][-len(done["ids"]):] if done["ids"] else []
+    pieces = [tokenizer.decode([t]) for t in ids]
+    lead = [None] * (len(ids) - len(scores))  # the first prompt token: nothing before it to predict it
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    return {"tokens": pieces, "token_logprobs": lead + [lp for lp, _ in scores],
+            "top_logprobs": lead + [{tokenizer.decode([t]): v for t, v in top.items()} for _, top in scores],
+            "text_offset": offsets}
+
+
 def _sampling(served: Any, body: Any) -> SamplingParams:
     base = served.sampling
     return SamplingParams(temperature=base.temperature if body.temperature is None else body.temperature,
@@ -60,7 +94,7 @@ def _sampling(served: Any, body: Any) -> SamplingParams:
 
 
 async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int, param: str, chat: bool,
-                   echo: list[str] | None = None) -> Any:
+                   echo: list[str] | None = None, logprobs: int | None = None) -> Any:
     from runtime.server.engine import Job
 
     limit = served.engine.ctx_len - 1
@@ -70,8 +104,9 @@ async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int
                            f"ctx_len {served.engine.ctx_len} - 1)", param, "context_length_exceeded")
         if not p:
             raise ApiError(400, f"{param}: empty after tokenization is not allowed; allowed: at least one token", param)
-    if body.logprobs:
-        raise ApiError(400, f"logprobs: {body.logprobs!r} is not allowed; allowed: null or false", "logprobs")
+    if chat and body.logprobs:
+        raise ApiError(400, f"logprobs: {body.logprobs!r} is not allowed; allowed: null or false (log-probabilities: "
+                       "/v1/completions)", "logprobs")
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     sampling, stop = _sampling(served, body), body.stops()
@@ -79,7 +114,8 @@ async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int
     def emitter(index: int) -> Any:
         return lambda kind, data: loop.call_soon_threadsafe(events.put_nowait, (index, kind, data))
 
-    jobs = [Job(p, max_tokens, emitter(i), sampling, stop) for i, p in enumerate(ids)]
+    jobs = [Job(p, max_tokens, emitter(i), sampling, stop, logprobs=logprobs, score_prompt=bool(echo) and logprobs is not None)
+            for i, p in enumerate(ids)]
     for job in jobs:
         served.engine.submit(job)
     meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
@@ -105,7 +141,9 @@ async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int
                              "finish_reason": d["finish_reason"], "logprobs": None}]}
     return {**meta, "object": "text_completion", "usage": usage,
             "choices": [{"index": i, "text": (echo[i] if echo else "") + done[i]["text"],
-                         "finish_reason": done[i]["finish_reason"], "logprobs": None} for i in range(len(jobs))]}
+                         "finish_reason": done[i]["finish_reason"],
+                         "logprobs": None if logprobs is None else _logprobs(served.tokenizer, ids[i], done[i], bool(echo))}
+                        for i in range(len(jobs))]}
 
 
 def _usage(done: Any) -> dict[str, int]:

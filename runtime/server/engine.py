@@ -8,6 +8,13 @@ writes nothing). Every decode step has the same shape whatever the occupancy, so
 gets the same tokens alone or among others. Each request has its own sampling (seeded by its
 seed alone), stop strings and limit; a cancelled one (a client gone) frees its slot at the
 next step. Events go to the request's ``emit`` from the engine thread.
+
+Log-probabilities (``Job.logprobs``: how many alternatives per position): of each token chosen,
+and with ``score_prompt`` of the prompt's tokens too (what a harness scores text by, e.g.
+lm-eval's ``local-completions``). A prefill returns the last position's logits only, so a
+scored prompt is prefilled with its first token and then fed one token a step through the
+decode graph in its slot (teacher forcing), beside the other slots' generation; its last prompt
+position's logits then choose its first new token as usual.
 """
 from __future__ import annotations
 
@@ -41,12 +48,22 @@ class Job:
     sampling: SamplingParams = SamplingParams()
     stop: Sequence[str] = ()
     adapter: int = 0
+    logprobs: int | None = None   # None: none; k: the chosen token's and the k likeliest per position
+    score_prompt: bool = False    # also the prompt tokens' (from the second on)
     id: int = field(default_factory=lambda: next(_ids))
     ids: list[int] = field(default_factory=list)
     cancelled: bool = False
+    fed: int = 0                  # prompt tokens fed so far (a scored prompt is fed one a step)
+    scores: list[tuple[float, dict[int, float]]] = field(default_factory=list)  # (logprob, top k) per scored token
 
     def request(self) -> Request:
-        return Request(self.id, self.prompt_ids, self.max_new_tokens, self.adapter)
+        prompt = self.prompt_ids[:1] if self.forcing else self.prompt_ids
+        return Request(self.id, prompt, self.max_new_tokens, self.adapter)
+
+    @property
+    def forcing(self) -> bool:
+        """Whether the prompt is still being fed a token a step (a scored prompt of 2+ tokens)."""
+        return self.score_prompt and len(self.prompt_ids) > 1 and self.fed < len(self.prompt_ids)
 
 
 class Engine:
@@ -71,7 +88,7 @@ class Engine:
 
     def check(self, job: Job) -> None:
         """ValueError, one line, for a prompt that does not fit or a limit below 1."""
-        self.scheduler.check([job.request()])
+        self.scheduler.check([Request(job.id, job.prompt_ids, job.max_new_tokens, job.adapter)])
 
     def submit(self, job: Job) -> None:
         self.check(job)
@@ -136,7 +153,14 @@ class Engine:
                     rows = [job.request() if r == s else None for r in range(len(self.slots))]
                     batch_index = None
                 logits = self.scheduler.prefill_rows(rows, self._kv, batch_index)[fmt.LOGITS]
-                going = self._choose(job, logits[0 if batch_index is not None else s])
+                row = logits[0 if batch_index is not None else s]
+                if job.forcing:  # the first prompt token went in: score the second, feed the rest a step each
+                    job.fed = 1
+                    self._score(job, row, job.prompt_ids[1])
+                    going = True
+                else:
+                    job.fed = len(job.prompt_ids)
+                    going = self._choose(job, row)
                 self._admitting = None
                 if going:
                     self.slots[s] = job
@@ -152,13 +176,20 @@ class Engine:
         ids = np.zeros((len(self.slots), 1), dtype=np.int64)
         pos = np.full((len(self.slots), 1), PAD_POSITION, dtype=np.int64)
         for s, job in enumerate(self.slots):
-            if job is not None:
+            if job is not None and job.forcing:
+                ids[s, 0], pos[s, 0] = job.prompt_ids[job.fed], job.fed
+            elif job is not None:
                 ids[s, 0], pos[s, 0] = job.ids[-1], len(job.prompt_ids) + len(job.ids) - 1
         batch_index = np.arange(len(self.slots), dtype=np.int64)[:, None] if self.scheduler.continuous else None
         logits = step(self.session, self.scheduler.decode, ids, pos, self._kv, batch_index,
                       adapter_slots([j.request() if j else None for j in self.slots]))
         self.decode_steps += 1
         for s, job in enumerate(self.slots):
+            if job is not None and job.forcing:
+                job.fed += 1
+                if job.fed < len(job.prompt_ids):
+                    self._score(job, logits[s, -1], job.prompt_ids[job.fed])
+                    continue
             if job is not None and not self._choose(job, logits[s, -1]):
                 self.slots[s] = None
 
@@ -166,6 +197,7 @@ class Engine:
         """Take the next token; True while the job goes on."""
         sampler, text = self._state[job.id]
         token = sampler(logits, (*job.prompt_ids, *job.ids) if job.sampling.repetition_penalty != 1.0 else ())
+        self._score(job, logits, token)
         job.ids.append(token)
         if token in self.eos:
             self._finish(job, "stop")
@@ -188,7 +220,19 @@ class Engine:
         if piece:
             job.emit("text", piece)
         job.emit("done", {"finish_reason": reason, "prompt_tokens": len(job.prompt_ids),
-                          "completion_tokens": len(job.ids), "text": text.sent})
+                          "completion_tokens": len(job.ids), "text": text.sent, "ids": list(job.ids),
+                          "scores": job.scores if job.logprobs is not None else None})
+
+    @staticmethod
+    def _score(job: Job, logits: np.ndarray, token: int) -> None:
+        """The log-probability of ``token`` under ``logits`` (the model's, before sampling's changes), and the top k."""
+        if job.logprobs is None:
+            return
+        x = logits.astype(np.float64)
+        shifted = x - x.max()
+        logp = shifted - np.log(np.exp(shifted).sum())
+        top = np.argsort(-logp)[:job.logprobs] if job.logprobs else []
+        job.scores.append((float(logp[token]), {int(t): float(logp[t]) for t in top}))
 
     def _fail(self, job: Job, message: str) -> None:
         self._state.pop(job.id, None)

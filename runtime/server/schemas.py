@@ -42,8 +42,9 @@ class _Sampled(BaseModel):
 
 
 class CompletionRequest(_Sampled):
-    prompt: Union[str, List[str]]
+    prompt: Union[str, List[str], List[int], List[List[int]]]  # text, or token ids (as lm-eval sends them)
     echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=20)  # the chosen token's and this many likeliest, per position
 
 
 class ChatMessage(BaseModel):

@@ -259,3 +259,38 @@ def test_fp32_nodes_auto_finds_the_residual_sums_that_leave_fp16(build, tmp_path
     assert g["passed"] and g["nonfinite_positions"] == 0
     assert g["numerics"]["fp32_nodes"] == [line[3:] for line in names.splitlines()[1:]]  # the twin kept the same
     shutil.rmtree(store, ignore_errors=True)
+
+
+def _evaluate(store: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.evaluate", "model=tiny_llama", f"store.root={store}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **ENV})
+
+
+def test_evaluate_compares_two_override_sets(build):
+    """python -m pipeline.evaluate --compare: two columns, the reference once per column, each twin by its label."""
+    store = build[0]
+    r = _evaluate(store, "hw=ai100_16c", f"hw.compiler={STANDIN}", "--compare", "hw.mxfp6_matmul=true",
+                  "hw.mxfp6_matmul=false hw.kv_cache_dtype=mxint8")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    header = next(x for x in lines if "hw.mxfp6_matmul=true" in x)
+    assert "hw.mxfp6_matmul=false hw.kv_cache_dtype=mxint8" in header
+    mx, kv = next(x for x in lines if x.startswith("onnx-fp16-mxfp6")), next(x for x in lines if x.startswith("onnx-fp16-kvmxint8"))
+    assert mx.rstrip().endswith("-") and kv.split()[1] == "-"  # each twin in its own column
+    assert "package: not run here (no Cloud AI 100 runtime (qaicrt) on this machine)" in r.stdout
+    saved = json.loads(Path(lines[-1].split(": ", 1)[1]).read_text())
+    first, second = saved.values()
+    assert first["reference"]["ppl"] == second["reference"]["ppl"] and first["reference"]["positions"] > 2000
+    assert list(first["runs"]) == ["onnx-fp16-mxfp6"] and list(second["runs"]) == ["onnx-fp16-kvmxint8"]
+    # bad input: one line, exit 2, nothing built
+    r = _evaluate(store, "--compare", "hw.mxfp6_matmul=true")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --compare:"), r.stderr
+
+
+def test_an_fp32_package_evaluates_to_the_reference(store):
+    """The CPU package computes in fp32: teacher-forced over the text it is the reference (ratio 1, KL ~ 0)."""
+    r = _evaluate(store, "validate.eval_tokens=600")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    saved = json.loads(Path(r.stdout.splitlines()[-1].split(": ", 1)[1]).read_text())
+    run = next(iter(saved.values()))["runs"]["package"]
+    assert abs(run["ppl_ratio"] - 1) < 1e-5 and run["mean_kl"] < 1e-9 and run["top1_agreement"] == 1.0, run

@@ -63,11 +63,11 @@ def package_logits(session: Any, segment: Sequence[int]) -> tuple[np.ndarray, np
         part = segment[first:min(first + chunk, half)]
         ids = np.asarray([part], dtype=np.int64)
         pos = np.arange(first, first + len(part), dtype=np.int64)[None, :]
-        rows.append(step(session, prefill, ids, pos, kv)[0, -1])
+        rows.append(np.array(step(session, prefill, ids, pos, kv)[0, -1]))  # a copy: a session may reuse its buffers
         positions.append(first + len(part) - 1)
     for p in range(half, len(segment) - 1):
-        rows.append(step(session, decode, np.asarray([[segment[p]]], dtype=np.int64),
-                         np.asarray([[p]], dtype=np.int64), kv)[0, -1])
+        rows.append(np.array(step(session, decode, np.asarray([[segment[p]]], dtype=np.int64),
+                                  np.asarray([[p]], dtype=np.int64), kv)[0, -1]))
         positions.append(p)
     return np.asarray(positions), np.stack(rows).astype(np.float32)
 

@@ -49,8 +49,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                            f"max |logit diff| {a['max_abs_logit_diff']:.2e}" for name, a in v.get("adapters", {}).items())
         exact = v.get("exact_target", v.get("target"))
         verdict = "passed" if v.get("exact_passed", v.get("passed")) else "FAILED"
-        print(f"validation{_of(role)}: {verdict} (target {exact}: {v.get('tokens_compared')} tokens compared, "
-              f"max |logit diff| {v.get('max_abs_logit_diff', float('nan')):.2e}{adapters})")
+        if v.get("max_abs_logit_diff") is not None:
+            print(f"validation{_of(role)}: {verdict} (target {exact}: {v.get('tokens_compared')} tokens compared, "
+                  f"max |logit diff| {v['max_abs_logit_diff']:.2e}{adapters})")
         if (g := v.get("gate")) is not None:
             bound = g["bounds"]["max_ppl_ratio"]
             print(f"validation{_of(role)}: {'passed' if g.get('passed') else 'FAILED'} (target {v.get('target')}: "

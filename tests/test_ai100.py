@@ -29,7 +29,7 @@ ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH'
 KV = ["past_key.0", "past_value.0", "past_key.1", "past_value.1"]
 SDK_PRESENT = any(p.exists() for p in sdk.SDK_COMPILERS)
 # Stages up to compile only: package/validate for ai100 are built elsewhere (and cost time here).
-UP_TO_COMPILE = ("~pipeline.stages.package", "~pipeline.stages.twin", "~pipeline.stages.reference",
+UP_TO_COMPILE = ("~pipeline.stages.quantize", "~pipeline.stages.package", "~pipeline.stages.twin", "~pipeline.stages.reference",
                  "~pipeline.stages.validate")
 
 

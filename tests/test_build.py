@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT, run_pipeline
 
-STAGES = ["load", "transform", "export", "rewrite", "compile", "package", "twin", "reference", "validate"]
+STAGES = ["load", "transform", "export", "rewrite", "compile", "quantize", "package", "twin", "reference", "validate"]
 
 
 def test_first_run_builds_every_stage_and_validates(empty_store):
@@ -59,11 +59,11 @@ def test_cached_run_runs_nothing_and_imports_no_heavy_library(store, tmp_path):
         assert f"{name}: cached" in p.stdout
 
 
-def test_num_cores_change_reruns_only_compile_package_twin_validate(store):
+def test_num_cores_change_reruns_only_compile_and_what_follows_it(store):
     r = run_pipeline(store, "hw.num_cores=1")
     assert r.rc == 0, r.out + r.err
     ran = {n for n, s in r.status().items() if s == "ran"}
-    assert ran == {"compile", "package", "twin", "validate"}, r.status()  # the cpu twin: twin.json (lossless) only
+    assert ran == {"compile", "quantize", "package", "twin", "validate"}, r.status()  # quantize: links; twin: twin.json
     assert "hw.num_cores: 2 -> 1" in r.stage("compile")["why"]
     assert "compile: ran (hw.num_cores: 2 -> 1)" in r.out
 

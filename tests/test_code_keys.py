@@ -63,11 +63,11 @@ def test_editing_a_module_reruns_exactly_the_passes_that_run_it(built_store, tmp
     same = run_copy(project_copy, store)  # the copy's code is this checkout's: every key hits
     assert same.rc == 0 and set(same.status().values()) == {"cached"}, same.out + same.err
 
-    edit(project_copy, "passes.lib.files")  # link_or_copy: run by compile_ort and package
+    edit(project_copy, "passes.lib.files")  # link_or_copy: run by compile_ort, quantize and package
     r = run_copy(project_copy, store)
     assert r.rc == 0, r.out + r.err
     ran = {n for n, s in r.status().items() if s == "ran"}
-    assert ran == {"compile", "package"}, r.status()
+    assert ran == {"compile", "quantize", "package"}, r.status()
     assert r.stage("compile")["why"] == "code of pass compile_ort changed: passes.lib.files"
     assert r.stage("package")["why"] == "code of pass package changed: passes.lib.files"
     # both produced the same bytes: validate is cut off

@@ -57,7 +57,7 @@ def test_a_batch_of_prompts_of_different_lengths_gives_each_prompt_alone_and_hf_
     assert set(b["perf_metrics"]) >= {"prefill_time_s", "decode_time_s", "decode_throughput_tok_s",
                                       "total_throughput_tok_s", "e2e_time_s"}
     # only what the package needs was built: no reference, no validation
-    assert [s["name"] for s in batch.summary["stages"]] == ["load", "transform", "export", "rewrite", "compile", "package"]
+    assert [s["name"] for s in batch.summary["stages"]] == ["load", "transform", "export", "rewrite", "compile", "quantize", "package"]
     assert "=== prompt 1 (" in batch.out and b["generated_texts"][1] in batch.out
     assert "TTFT (prefill)" in batch.out and f"exec info: {batch.run_dir / 'exec_info.json'}" in batch.out
 

@@ -175,13 +175,13 @@ def test_fp16_twin_of_weights_past_fp16_range_fails_without_fp16_clip(build, eva
     _twin(build, build[2]["rewrite"], tmp_path / "unclipped", fp16, dead_channel)
     _twin(build, build[2]["rewrite"], tmp_path / "clipped", fp16, lambda m: (dead_channel(m), clip_fp16(m)))
     plain = _gate(build, tmp_path / "plain", evaluation_ids, 300)
-    assert gate.judge(plain, gate.bounds(False), "fp32") is None  # in fp32 the edited model is as good as the original
+    assert gate.judge(plain, gate.bounds(gate.FP16_PPL_RATIO), "fp32") is None  # in fp32 the edited model is as good as the original
     unclipped = _gate(build, tmp_path / "unclipped", evaluation_ids, 300)
-    failure = gate.judge(unclipped, gate.bounds(False), "onnx-fp16")
+    failure = gate.judge(unclipped, gate.bounds(gate.FP16_PPL_RATIO), "onnx-fp16")
     assert unclipped["nonfinite_positions"] == unclipped["positions"] and failure.startswith(
         "validate: the onnx-fp16 logits are not finite"), failure
     clipped = _gate(build, tmp_path / "clipped", evaluation_ids, 300)
-    assert gate.judge(clipped, gate.bounds(False), "onnx-fp16") is None, clipped
+    assert gate.judge(clipped, gate.bounds(gate.FP16_PPL_RATIO), "onnx-fp16") is None, clipped
 
 
 def test_a_dropped_scale_fails_the_gate_while_greedy_tokens_pass(build, evaluation_ids, tmp_path):
@@ -208,8 +208,8 @@ def test_a_dropped_scale_fails_the_gate_while_greedy_tokens_pass(build, evaluati
     broken = OrtSession(tmp_path / "broken", program=program)
     tokens = generate(broken, reference["prompt_ids"], reference["max_new_tokens"]).tokens[0]
     assert tokens == reference["tokens"]  # tokens alone would pass
-    assert gate.judge(_gate(build, tmp_path / "good", evaluation_ids), gate.bounds(False), "good") is None
-    failure = gate.judge(_gate(build, tmp_path / "broken", evaluation_ids), gate.bounds(False), "broken")
+    assert gate.judge(_gate(build, tmp_path / "good", evaluation_ids), gate.bounds(gate.FP16_PPL_RATIO), "good") is None
+    failure = gate.judge(_gate(build, tmp_path / "broken", evaluation_ids), gate.bounds(gate.FP16_PPL_RATIO), "broken")
     assert failure is not None and failure.startswith("validate: ppl_ratio 1.0"), failure
 
 

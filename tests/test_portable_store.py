@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import ROOT, run_pipeline
 
-STAGES = ["load", "transform", "export", "rewrite", "compile", "package", "twin", "reference", "validate"]
+STAGES = ["load", "transform", "export", "rewrite", "compile", "quantize", "package", "twin", "reference", "validate"]
 
 
 def test_records_hold_digests_and_sizes_not_paths_or_mtimes(built_store):

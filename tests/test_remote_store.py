@@ -19,7 +19,7 @@ def test_a_folder_remote_shared_by_two_stores_builds_each_key_once(tmp_path, bui
     a = run_pipeline(tmp_path / "a", f"store.remote={remote}", "store.push=true")
     assert a.rc == 0, a.err
     pushed = sorted(p.relative_to(remote) for p in remote.rglob("*") if p.is_file())
-    assert len([p for p in pushed if p.parts[0] == "ac"]) == 8  # every materialized stage (not the in-memory transform)
+    assert len([p for p in pushed if p.parts[0] == "ac"]) == 9  # every materialized stage (not the in-memory transform)
     assert not [p for p in pushed if ".part-" in p.name]
 
     # a cold store: every stage is a hit from the remote, nothing is built, no heavy library imported
@@ -64,7 +64,7 @@ def test_an_s3_remote_through_s3fs(tmp_path, s3):
     assert a.rc == 0, a.err
     fs.invalidate_cache()
     uploaded = fs.find("builds/ci")
-    assert len([p for p in uploaded if "/ac/" in p]) == 8
+    assert len([p for p in uploaded if "/ac/" in p]) == 9
     again = run_pipeline(tmp_path / "a", f"store.remote={url}", "store.push=true", "hw.num_cores=1", env=env)
     fs.invalidate_cache()
     assert again.rc == 0 and len(fs.find("builds/ci")) > len(uploaded)  # the new compile, package, validate

@@ -6,7 +6,7 @@ import json
 
 from conftest import run_pipeline, store_snapshot
 
-TARGET = ["load", "transform", "export", "rewrite", "compile", "package", "twin", "reference", "validate"]
+TARGET = ["load", "transform", "export", "rewrite", "compile", "quantize", "package", "twin", "reference", "validate"]
 DRAFT = [f"draft_{s}" for s in TARGET]
 TWO = ("pipeline=causal_lm_draft",)
 

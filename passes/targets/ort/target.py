@@ -1,7 +1,9 @@
 """The cpu target: ONNX Runtime on the host CPU. Its hw schema, and what it chooses per model (``hw.attention=auto``).
 
 Its packages run where they are built (its session is runtime.sessions.ort.OrtSession), in
-fp32: validation runs the package itself and gates its logits.
+fp32: validation runs the package itself and gates its logits; a package whose MatMul weights
+the quantize stage made int8 / int4 is lossy: its numerics say so and the teacher-forced gate
+judges it.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 from passes.lib.transformers_source import attention_support
-from pipeline.pass_api import HwSchema, Target, config_schema
+from pipeline.pass_api import HwSchema, Numerics, Target, config_schema
 
 
 class Attention(StrEnum):
@@ -42,3 +44,8 @@ class CpuTarget(Target):
         model_type = getattr(facts, "model_type", None)
         takes, why = attention_support(model_type)
         return {"attention": (Attention.gqa.value if takes else Attention.scatter.value, why)}
+
+    def numerics(self, build: Mapping[str, Any]) -> Numerics | None:
+        """fp32 unless the quantize stage stored the MatMul weights as int8 / int4 (``build.quantize.weights``)."""
+        weights = (build.get("quantize") or {}).get("weights")
+        return Numerics(matmul_weights=str(weights)) if weights else None

@@ -1,0 +1,129 @@
+"""Pass `quantize`: a compiled ONNX Runtime program's MatMul weights as int8 or int4 blocks (com.microsoft MatMulNBits).
+
+Input ``program``: a compile stage's folder. ``quantize.weights: null`` hands it on as it is
+(a tree of links: nothing is copied). ``int8`` / ``int4``: onnxruntime's own weight-only
+quantizer (``MatMulNBitsQuantizer``: round-to-nearest, or HQQ) turns every MatMul with a
+constant weight into MatMulNBits, in blocks of ``quantize.block_size`` along the reduction
+axis, symmetric; MatMuls whose node or weight name matches a ``quantize.exclude`` pattern
+(fnmatch, e.g. ``*lm_head*``) stay float. It runs on the compiled program, after the target's
+fusions (packed q/k/v, GroupQueryAttention), so changing it re-runs neither export nor
+compile. program.json records the settings (``build.quantize``): the target reads them as the
+package's numerics, and validation gates the package teacher-forced (passes.numerics.gate).
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, List, Mapping, Optional
+
+from pipeline.pass_api import (
+    REQUIRED, Needs, UserError, cfg_field, config_of, config_schema, find_target, hook, register_pass,
+)
+from runtime.package_format import ONNXRUNTIME
+
+BITS = {"int8": 8, "int4": 4}
+
+
+class Weights(StrEnum):
+    int8 = "int8"
+    int4 = "int4"
+
+
+class Method(StrEnum):
+    rtn = "rtn"  # round to nearest, per block
+    hqq = "hqq"  # half-quadratic quantization: scales and zero points fitted per block, no calibration data
+
+
+@config_schema("quantize")
+@dataclass
+class QuantizeConfig:
+    """quantize.*: weight-only quantization of a CPU program's MatMuls (null: none)."""
+
+    weights: Optional[Weights] = None
+    block_size: int = 32
+    method: Method = Method.rtn
+    exclude: List[str] = field(default_factory=list)  # fnmatch patterns of MatMul node or weight names kept float
+
+
+@dataclass(frozen=True)
+class QuantizeParams:
+    weights: Optional[str] = cfg_field(QuantizeConfig, "weights")
+    block_size: int = cfg_field(QuantizeConfig, "block_size")
+    method: str = cfg_field(QuantizeConfig, "method")
+    exclude: tuple = cfg_field(QuantizeConfig, "exclude")
+    target: str = cfg_field("hw.target", REQUIRED, kind="target")
+
+
+@register_pass("quantize", params=QuantizeParams, deps=("onnx", "onnx_ir", "onnxruntime"), materialize=True,
+               needs=Needs(modules=("onnx_ir",)))
+def quantize(inputs: Mapping[str, Any], params: QuantizeParams, out: Path) -> dict[str, Any]:
+    import dataclasses
+
+    from passes.lib import onnx_files
+    from passes.lib.files import copy_tree, link_or_copy
+    from runtime import package_format as fmt
+
+    src = Path(inputs["program"])
+    if params.weights is None:
+        copy_tree(src, out)  # links
+        return {"weights": None}
+    program = fmt.read_program(src)
+    files = set(program.graphs.values())
+    if files != {onnx_files.MODEL}:
+        raise UserError(f"quantize.weights: {params.weights!r} is not allowed for this program's graphs {sorted(files)}; "
+                        "allowed: null (one shared graph file is quantized: hw.attention=gqa)")
+    model, counts = _quantize(onnx_files.load_ir(src), params)
+    onnx_files.save_ir(model, out)
+    del model
+    if (src / fmt.SIGNATURE).is_file():
+        link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
+    build = {**program.build, "quantize": config_of(params)["quantize"]}  # the package's numerics (Target.numerics)
+    fmt.write_program(out, dataclasses.replace(program, weights=tuple(onnx_files.data_files(out)), build=build))
+    return {"weights": params.weights, **counts}
+
+
+def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
+    """``model`` (onnx_ir) with its MatMuls as MatMulNBits (through onnxruntime's quantizer, on a proto), and counts."""
+    import logging
+
+    import onnx_ir as ir
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+
+    logging.getLogger(mq.__name__).setLevel(logging.WARNING)  # a line per node otherwise
+
+    graph = model.graph
+    excluded = [n.name for n in graph if n.op_type == "MatMul" and _excluded(n, params.exclude)]
+    bits = BITS[params.weights]
+    if params.method == Method.hqq:
+        config = mq.HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=bits)
+    else:
+        config = mq.DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=True, bits=bits)
+    proto = ir.serde.serialize_model(model)
+    quantizer = mq.MatMulNBitsQuantizer(proto, nodes_to_exclude=excluded, algo_config=config)
+    quantizer.process()
+    quantized = ir.serde.deserialize_model(quantizer.model.model)
+    ops = [n.op_type for n in quantized.graph]
+    return quantized, {"matmul_nbits": ops.count("MatMulNBits"), "matmul_kept": ops.count("MatMul"),
+                       "excluded": len(excluded)}
+
+
+def _excluded(node: Any, patterns: Any) -> bool:
+    names = [node.name or ""] + [v.name for v in node.inputs if v is not None and v.is_initializer()]
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns for name in names)
+
+
+@hook("quantize", "check")
+def check(params: QuantizeParams, facts: Any = None) -> None:
+    if params.weights is None:
+        return
+    if find_target(params.target).runtime != ONNXRUNTIME:
+        raise UserError(f"quantize.weights: {params.weights!r} is not allowed for hw.target={params.target}; allowed: "
+                        "null (MatMulNBits programs are for targets ONNX Runtime runs; this target stores weights "
+                        "in its own formats)")
+    b = params.block_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
+        raise UserError(f"quantize.block_size: {b!r} is not allowed; allowed: a power of two >= 16 (e.g. 32, 64, 128)")
+    if not all(isinstance(p, str) and p for p in params.exclude):
+        raise UserError(f"quantize.exclude: {list(params.exclude)!r} is not allowed; allowed: a list of name patterns")

@@ -11,6 +11,13 @@ import pytest
 from conftest import ROOT, run_pipeline
 
 
+def _levels(package: Path) -> set[int]:
+    import onnx
+
+    graph = onnx.load(str(package / "model.onnx"), load_external_data=False).graph
+    return {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+
+
 def _ops(package: Path) -> dict[str, int]:
     import onnx
 
@@ -21,7 +28,7 @@ def _ops(package: Path) -> dict[str, int]:
     return ops
 
 
-@pytest.mark.parametrize("weights, bound", [("int8", 1.01), ("int4", 1.35)])
+@pytest.mark.parametrize("weights, bound", [("int8", 1.01), ("int4", 1.4)])
 def test_a_quantized_package_validates_through_the_gate_and_rebuilds_only_from_quantize(store, weights, bound):
     r = run_pipeline(store, f"quantize.weights={weights}")
     assert r.rc == 0, r.out + r.err
@@ -30,6 +37,7 @@ def test_a_quantized_package_validates_through_the_gate_and_rebuilds_only_from_q
     package = Path(r.summary["package"])
     ops = _ops(package)
     assert ops.get("MatMulNBits") == 11 and "MatMul" not in ops, ops  # 2 layers x (qkv, o, gate+up, down...) + lm_head
+    assert _levels(package) == {4}  # int8 activations: the fast path
     manifest = json.loads((package / "manifest.json").read_text())
     assert manifest["config"]["quantize"]["weights"] == weights
     v = r.summary["validation"]
@@ -42,15 +50,18 @@ def test_a_quantized_package_validates_through_the_gate_and_rebuilds_only_from_q
 
 
 def test_excluded_weights_stay_float(store):
-    r = run_pipeline(store, "quantize.weights=int4", "quantize.exclude=[*lm_head*]", "quantize.method=hqq")
+    r = run_pipeline(store, "quantize.weights=int4", "quantize.exclude=[*lm_head*]", "quantize.method=hqq",
+                     "quantize.accuracy_level=1")
     assert r.rc == 0, r.out + r.err
     ops = _ops(Path(r.summary["package"]))
     assert ops.get("MatMulNBits") == 10 and ops.get("MatMul") == 1, ops
+    assert _levels(Path(r.summary["package"])) == {1}
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["quantize.weights=int3"], "quantize.weights: 'int3' is not allowed; allowed: int8 | int4"),
     (["quantize.weights=int4", "quantize.block_size=20"], "quantize.block_size: 20 is not allowed"),
+    (["quantize.weights=int8", "quantize.accuracy_level=7"], "quantize.accuracy_level: 7 is not allowed"),
     (["quantize.weights=int4", "hw=ai100_16c", "compile.dry_run=true"],
      "quantize.weights: 'int4' is not allowed for hw.target=ai100"),
     (["quantize.weights=int4", "hw.attention=scatter"], "quantize.weights: 'int4' is not allowed for this program"),

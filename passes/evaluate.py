@@ -60,14 +60,13 @@ def evaluate(inputs: Mapping[str, Any], params: EvaluateParams, out: Path) -> di
     tokenizer = load_tokenizer(package)
     ids = tokenizer(eval_text.read_text(params.eval_text)).input_ids
     model = AutoModelForCausalLM.from_pretrained(Path(inputs["checkpoint"]), dtype=torch.float32).eval()
-    total = min(len(ids), params.eval_tokens)
     if not sessions:
         raise StageFailure(f"evaluate: nothing runs here: {result['package_not_run']}, and the target has no twin")
-    with tqdm(total=total, desc="evaluate", unit="tok", file=sys.stderr, mininterval=1.0) as bar:
+    with tqdm(total=min(len(ids), params.eval_tokens), desc="evaluate", unit="tok", file=sys.stderr, mininterval=1.0) as bar:
         metrics = gate.evaluate_many(sessions, model, ids, params.eval_tokens, bar.update)
-    first = next(iter(metrics.values()), None)
+    first = next(iter(metrics.values()))  # the reference's figures are in each run's
     result["reference"] = {"ppl": first["ppl_reference"], "tokens_per_second": first["reference_tokens_per_second"],
-                           "positions": first["positions"]} if first else None
+                           "positions": first["positions"]}
     result["runs"] = {label: {"ppl": m["ppl_package"], "ppl_ratio": m["ppl_ratio"], "mean_kl": m["mean_kl"],
                               "max_kl": m["max_kl"], "top1_agreement": m["top1_agreement"],
                               "nonfinite_positions": m["nonfinite_positions"],
@@ -81,4 +80,4 @@ def resolve(params: EvaluateParams) -> EvaluateParams:
     from passes.numerics import eval_text
 
     return dataclasses.replace(params, runner=find_target(params.target).runner(),
-                               eval_text_sha256=eval_text.sha256(eval_text.read_text(params.eval_text)))
+                               eval_text_sha256=eval_text.digest(params.eval_text))

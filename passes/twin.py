@@ -48,7 +48,7 @@ def twin(inputs: Mapping[str, Any], params: TwinParams, out: Path) -> dict[str, 
     if files != {onnx_files.MODEL}:
         raise RuntimeError(f"twin: the program's ONNX view must be one {onnx_files.MODEL} (it has {sorted(files)})")
     model = onnx_files.load_ir(src)
-    counts = make_twin(model, numerics, [v.name for v in program.signature.inputs if v.role == fmt.PAST_KV])
+    counts = make_twin(model, numerics, [v.name for v in program.signature.past_kv()])
     onnx_files.save_ir(model, out)
     del model
     fmt.write_program(out, dataclasses.replace(program, binary=None, validation_target=numerics.label))

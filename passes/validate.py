@@ -2,13 +2,15 @@
 
 Two checks, by what the package's target computes (its plugin, pipeline.target_api):
 
-- **Exact**, always: greedy tokens from ``validate.prompt`` equal the reference's, and logits
-  within ``validate.atol``, on an fp32 run of the program: the package's own session where
-  its target is lossless and here (``package`` for the CPU), else ONNX Runtime on the exact
-  ONNX handed to its compiler (``onnx``). A missed soft-cap or logit scale can keep every
-  argmax on a tiny model, so logits are gated too. Each LoRA adapter likewise.
-- **Teacher-forced**, where the target's numerics are lossy (``Target.numerics``: AI 100's
-  fp16, MXFP6, MXINT8): the program as it computes (its own session on a device here, ``qpc``;
+- **Exact**, wherever the package holds an fp32 graph: greedy tokens from ``validate.prompt``
+  equal the reference's, and logits within ``validate.atol``, on an fp32 run of the program:
+  the package's own session where its target is lossless and here (``package`` for the CPU),
+  else ONNX Runtime on the exact ONNX handed to its compiler (``onnx``). A missed soft-cap or
+  logit scale can keep every argmax on a tiny model, so logits are gated too. Each LoRA adapter
+  likewise. A program whose own weights are lossy (quantize.weights int8/int4) has no such graph.
+- **Teacher-forced**, where the package's numerics are lossy (``Target.numerics``: AI 100's
+  fp16, MXFP6, MXINT8; int8/int4 weights): the program as it computes (its own session here,
+  ``qpc`` on a card, ``package`` for a quantized CPU package;
   else the numerics twin of the ``twin`` stage, e.g. ``onnx-fp16-mxfp6``) against the fp32
   PyTorch model on ``validate.eval_tokens`` of the evaluation text (passes.numerics.gate):
   perplexity ratio, top-1 agreement, mean KL within ``validate.max_ppl_ratio``,
@@ -101,26 +103,27 @@ def validate(inputs: Mapping[str, Any], params: ValidateParams, out: Path) -> di
     # ONNX view); none where the program itself is lossy and has no other graph (int8/int4 weights).
     exact_own = own and target.lossless and numerics is None
     exact = numerics is None or program.binary is not None or not target.lossless
-    session = open_session(package) if exact_own else open_onnx(package)
     result["target"] = target.label if exact_own else program.validation_target
+    failures = []
     if exact:
+        session = open_session(package) if exact_own else open_onnx(package)
         result.update(_compare(session, ids, ref["tokens"], ref_logits, params, True, out, VALIDATION))
+        failures += [] if result["passed"] else [result.pop("failure")]
+        # Each LoRA adapter against its own PEFT reference (adapters/<name>/), in its slot.
+        from passes.reference import ADAPTERS
+
+        for name, slot in session.adapters.items():  # the session loaded the package's adapters.json
+            folder = reference / ADAPTERS / name
+            adapted = _compare(session, ids, json.loads((folder / "reference.json").read_text())["tokens"],
+                               np.load(folder / "logits.npy"), params, True, out, f"validation.{name}.json", slot)
+            if not adapted["passed"]:
+                failures.append(f"adapter {name}: " + adapted.pop("failure"))
+            result.setdefault("adapters", {})[name] = adapted
+            result["passed"] = result["passed"] and adapted["passed"]
+        del session
     else:
         result.update({"passed": True, "exact": "none: the program's own weights are lossy"})
         _write(out, result, {})
-    failures = [] if result["passed"] else [result.pop("failure")]
-    # Each LoRA adapter against its own PEFT reference (adapters/<name>/), in its slot.
-    from passes.reference import ADAPTERS
-
-    for name, slot in session.adapters.items() if exact else ():  # the session loaded the package's adapters.json
-        folder = reference / ADAPTERS / name
-        adapted = _compare(session, ids, json.loads((folder / "reference.json").read_text())["tokens"],
-                           np.load(folder / "logits.npy"), params, True, out, f"validation.{name}.json", slot)
-        if not adapted["passed"]:
-            failures.append(f"adapter {name}: " + adapted.pop("failure"))
-        result.setdefault("adapters", {})[name] = adapted
-        result["passed"] = result["passed"] and adapted["passed"]
-    del session
     # The teacher-forced gate on what ships: the device here, else the numerics twin.
     if numerics is not None and (own or inputs.get("twin")):
         twin = Path(inputs["twin"]) if inputs.get("twin") else None
@@ -229,4 +232,4 @@ def resolve(params: ValidateParams) -> ValidateParams:
     from passes.numerics import eval_text
 
     return dataclasses.replace(params, runner=find_target(params.target).runner(),
-                               eval_text_sha256=eval_text.sha256(eval_text.read_text(params.eval_text)))
+                               eval_text_sha256=eval_text.digest(params.eval_text))

@@ -6,7 +6,7 @@ twin where its target is lossy, and of the fp32 PyTorch reference, teacher-force
 ``validate.eval_tokens`` of ``validate.eval_text``, with tokens/s. ``--compare`` takes two
 override sets (each one argument, overrides separated by spaces) applied on top of the
 common ones, e.g. ``--compare hw.mxfp6_matmul=true hw.mxfp6_matmul=false``, and prints them
-in two columns. Writes evaluation.json (and summary.json) under ``<store.root>/runs/``.
+in two columns. Writes evaluation.json under ``<store.root>/runs/evaluate-<run id>/``.
 Exit codes as ``python -m pipeline``: 0, 1 a stage failed, 2 bad input.
 """
 from __future__ import annotations
@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.pass_api import UserError
-
-USAGE = 'python -m pipeline.evaluate [overrides] [--compare "<overrides A>" "<overrides B>"]'
-
 
 def split_compare(argv: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """(the common overrides, one override list per column)."""

@@ -7,6 +7,7 @@ topics differ makes a new validation, and the same text reuses it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -28,3 +29,10 @@ def describe(path: str | None) -> str:
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def digest(path: str | None) -> str:
+    """sha256 of the evaluation text at ``path`` (the default for None), read once per process: the
+    resolve hooks of every stage that reads the text ask for it on every run, cached ones too."""
+    return sha256(read_text(path))

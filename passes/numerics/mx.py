@@ -8,9 +8,9 @@ format's largest value saturate to it. Elements round to nearest, ties to even.
 
 MXFP6 is taken as **E2M3** (1 sign, 2 exponent, 3 mantissa bits; largest 7.5). The spec
 defines E2M3 and E3M2; E2M3 keeps a mantissa bit more at the cost of range that a block's
-shared scale already provides (block values span a few binades below their max), which is
-why the MX paper and its reference library recommend it for weights. tests/test_mx.py checks
-this rounding against torchao's ``mx_formats`` (FLOOR scaling, fp6_e2m3).
+shared scale already provides (block values span a few binades below their max): on SmolLM2
+its weights cost 7.8 % perplexity against E3M2's 22 % (README). tests/test_numerics.py checks
+this rounding (both element formats) against torchao's ``mx_formats`` (FLOOR scaling).
 
 MXINT8 elements are 8-bit two's-complement fixed point with an implicit scale of 2^-6
 (emax 0, values in [-127/64, 127/64]; -128 is not used, keeping the format symmetric).

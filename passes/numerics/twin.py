@@ -106,7 +106,7 @@ def _round_values(model: Any, keep_fp32: set[str]) -> int:
     values += [v for node in list(graph) for v in node.outputs
                if v.type is not None and v.dtype == ir.DataType.FLOAT and v.name not in keep_fp32]
     for value in values:
-        _insert_after(graph, value, lambda v: _cast_pair(v))
+        _insert_after(graph, value, _cast_pair)
     return len(values)
 
 

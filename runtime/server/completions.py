@@ -72,7 +72,7 @@ def _logprobs(tokenizer: Any, prompt_ids: list[int], done: dict[str, Any], echo:
     """OpenAI's completions ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset; the prompt's
     first (with echo), whose first token has none."""
     ids = (list(prompt_ids) if echo else []) + list(done["ids"])
-    scores = done["scores"] if echo else done["scores"][-len(done["ids"]):] if done["ids"] else []
+    scores = done["scores"]  # the prompt's from its second token (with echo), then the new tokens'
     pieces = [tokenizer.decode([t]) for t in ids]
     lead = [None] * (len(ids) - len(scores))  # the first prompt token: nothing before it to predict it
     offsets, at = [], 0

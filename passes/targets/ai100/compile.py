@@ -95,13 +95,14 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
 
     src = Path(inputs["onnx"])
     signature, specs = spz.for_graph(src, params, "compile_ai100")
+    kv = signature.kind == fmt.CAUSAL_LM  # an encoder has no KV cache: no retained state, no custom IO
 
     # The ONNX handed to the compiler: fp16-safe constants, weights in bounded external files.
     model = onnx_files.load_ir(src)
     clipped = clip_fp16(model)
     found = None
     if params.fp32_nodes == AUTO:  # the node outputs that leave fp16's range on the evaluation text
-        if "checkpoint" not in inputs or not kv_graph(signature):
+        if "checkpoint" not in inputs or not kv:
             raise UserError("hw.fp32_nodes: 'auto' is not allowed in this pipeline; allowed: none, a list of node "
                             "output names or a file (auto needs a causal LM stage with a checkpoint input)")
         found = _find_fp32_nodes(model, signature, specs, Path(inputs["checkpoint"]), params, out)
@@ -118,7 +119,6 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
     link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
 
     fmt.write_json(out / SPECIALIZATIONS, spz.to_json(specs, params.specialization_format))
-    kv = signature.kind == fmt.CAUSAL_LM  # an encoder has no KV cache: no retained state, no custom IO
     if kv:
         (out / CUSTOM_IO).write_text(custom_io_yaml(signature, params.kv_cache_dtype))
     if params.num_devices > 1:
@@ -149,22 +149,17 @@ def compile_ai100(inputs: Mapping[str, Any], params: CompileAi100Params, out: Pa
     return {**result, **run_compiler(argv, out, params.compiler_kind, params.compile_timeout_s)}
 
 
-def kv_graph(signature: Any) -> bool:
-    from runtime import package_format as fmt
-
-    return signature.kind == fmt.CAUSAL_LM
-
-
 def _find_fp32_nodes(model: Any, signature: Any, specs: Any, checkpoint: Path, params: CompileAi100Params,
                      out: Path) -> dict[str, Any]:
-    from passes.numerics import eval_text
-    from passes.numerics.precision import find_fp32_nodes
     from transformers import AutoTokenizer
 
+    from passes.lib import onnx_files
+    from passes.numerics import eval_text
+    from passes.numerics.precision import find_fp32_nodes
     from runtime import package_format as fmt
 
     ids = AutoTokenizer.from_pretrained(checkpoint)(eval_text.read_text(params.eval_text)).input_ids
-    probe = fmt.Program(TARGET, signature, specs, graphs={s.name: "model.onnx" for s in specs},
+    probe = fmt.Program(TARGET, signature, specs, graphs={s.name: onnx_files.MODEL for s in specs},
                         options={"intra_op_num_threads": 0})
     found = find_fp32_nodes(model, probe, ids, params.eval_tokens, out / ".fp32_probe")
     print(f"  fp32_nodes: auto found {len(found['names'])} of {found['values_probed']} node outputs past "
@@ -222,8 +217,7 @@ def resolve(params: CompileAi100Params) -> CompileAi100Params:
     if names == AUTO:
         from passes.numerics import eval_text
 
-        text = eval_text.sha256(eval_text.read_text(params.eval_text))
-        search = {"eval_text_sha256": text}
+        search = {"eval_text_sha256": eval_text.digest(params.eval_text)}
     else:  # the evaluation text is not read: keep it out of the key
         search = {"eval_text": None, "eval_tokens": 0, "eval_text_sha256": ""}
     return dataclasses.replace(params, compiler=str(path) if path else params.compiler,

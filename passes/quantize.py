@@ -6,9 +6,10 @@ quantizer (``MatMulNBitsQuantizer``: round-to-nearest, or HQQ) turns every MatMu
 constant weight into MatMulNBits, in blocks of ``quantize.block_size`` along the reduction
 axis, symmetric, computed at ``quantize.accuracy_level`` (4: int8 activations, the fast path);
 MatMuls whose node or weight name matches a ``quantize.exclude`` pattern
-(fnmatch, e.g. ``*lm_head*``) stay float. It runs on the compiled program, after the target's
-fusions (packed q/k/v, GroupQueryAttention), so changing it re-runs neither export nor
-compile. program.json records the settings (``build.quantize``): the target reads them as the
+(fnmatch, e.g. ``*lm_head*``) stay float. A head tied to the embedding stays tied: the
+embedding gathers its rows from the head's blocks (passes.targets.ort.tied), so the table is
+stored once. It runs on the compiled program, after the target's fusions (packed q/k/v,
+GroupQueryAttention), so changing it re-runs neither export nor compile. program.json records the settings (``build.quantize``): the target reads them as the
 package's numerics, and validation gates the package teacher-forced (passes.numerics.gate).
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ class QuantizeConfig:
     weights: Optional[Weights] = None
     block_size: int = 32
     method: Method = Method.rtn
+    symmetric: bool = True  # rtn: zero at the block's centre (no zero points) or a uint8 zero point per block
     exclude: List[str] = field(default_factory=list)  # fnmatch patterns of MatMul node or weight names kept float
     # MatMulNBits' compute: 4 quantizes activations to int8 per block on the fly (SmolLM2 int8 decode 128 tok/s
     # against 5.5 with 0), 1 fp32, 0 unset; the teacher-forced gate measures the package as it computes
@@ -56,6 +58,7 @@ class QuantizeParams:
     weights: Optional[str] = cfg_field(QuantizeConfig, "weights")
     block_size: int = cfg_field(QuantizeConfig, "block_size")
     method: str = cfg_field(QuantizeConfig, "method")
+    symmetric: bool = cfg_field(QuantizeConfig, "symmetric")
     exclude: tuple = cfg_field(QuantizeConfig, "exclude")
     accuracy_level: int = cfg_field(QuantizeConfig, "accuracy_level")
     target: str = cfg_field("hw.target", REQUIRED, kind="target")
@@ -68,6 +71,7 @@ def quantize(inputs: Mapping[str, Any], params: QuantizeParams, out: Path) -> di
 
     from passes.lib import onnx_files
     from passes.lib.files import copy_tree, link_or_copy
+    from passes.targets.ort.compile import prove_loads
     from runtime import package_format as fmt
 
     src = Path(inputs["program"])
@@ -82,6 +86,7 @@ def quantize(inputs: Mapping[str, Any], params: QuantizeParams, out: Path) -> di
     model, counts = _quantize(onnx_files.load_ir(src), params)
     onnx_files.save_ir(model, out)
     del model
+    prove_loads(out, program)
     if (src / fmt.SIGNATURE).is_file():
         link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
     build = {**program.build, "quantize": config_of(params)["quantize"]}  # the package's numerics (Target.numerics)
@@ -96,25 +101,29 @@ def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
     import onnx_ir as ir
     from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
+    from passes.targets.ort import tied
+
     logging.getLogger(mq.__name__).setLevel(logging.WARNING)  # a line per node otherwise
 
+    heads = tied.untie(model)  # the quantizer takes MatMuls; the tied table is shared again below
     graph = model.graph
     excluded = [n.name for n in graph if n.op_type == "MatMul" and _excluded(n, params.exclude)]
     bits = BITS[params.weights]
     if params.method == Method.hqq:
         config = mq.HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=bits)
     else:
-        config = mq.DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=True, bits=bits)
+        config = mq.DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.symmetric, bits=bits)
     proto = ir.serde.serialize_model(model)
     quantizer = mq.MatMulNBitsQuantizer(proto, nodes_to_exclude=excluded, algo_config=config)
     quantizer.process()
     quantized = ir.serde.deserialize_model(quantizer.model.model)
+    shared = tied.share_quantized_table(quantized, heads)
     for node in quantized.graph:
         if node.op_type == "MatMulNBits":
             node.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", params.accuracy_level)
     ops = [n.op_type for n in quantized.graph]
     return quantized, {"matmul_nbits": ops.count("MatMulNBits"), "matmul_kept": ops.count("MatMul"),
-                       "excluded": len(excluded)}
+                       "excluded": len(excluded), "tables_shared": shared}
 
 
 def _excluded(node: Any, patterns: Any) -> bool:
@@ -133,6 +142,9 @@ def check(params: QuantizeParams, facts: Any = None) -> None:
     b = params.block_size
     if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
         raise UserError(f"quantize.block_size: {b!r} is not allowed; allowed: a power of two >= 16 (e.g. 32, 64, 128)")
+    if params.method == Method.hqq and params.weights == Weights.int8:
+        raise UserError("quantize.method: 'hqq' is not allowed with quantize.weights=int8; allowed: rtn (ONNX Runtime's "
+                        "CPU MatMulNBits takes no float zero points at 8 bits, and HQQ's are float)")
     if params.accuracy_level not in (0, 1, 2, 3, 4):
         raise UserError(f"quantize.accuracy_level: {params.accuracy_level!r} is not allowed; allowed: 0 (unset), 1 (fp32), "
                         "2 (fp16), 3 (bf16), 4 (int8 activations)")

@@ -50,12 +50,13 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
         # step runs unpadded up to its shape (a prefill any length, an encoder's batch its longest text).
         model = onnx_files.load_ir(src)
         if signature.kind == fmt.CAUSAL_LM:  # a decoder's step made cheaper (graph.py)
-            from passes.targets.ort import graph
+            from passes.targets.ort import graph, tied
 
             shapes = graph.symbolic_shapes(src / onnx_files.MODEL)
             result = {"identity_reshapes_dropped": graph.drop_identity_reshapes(model, shapes)}
             model, result["skip_norms_fused"] = graph.fuse_norms(model)
             result["qkv_packed"] = graph.pack_qkv(model)
+            result["heads_tied"] = tied.tie_head(model)
         else:  # an encoder's Linear layers: the bias inside the GEMM
             from passes.targets.ort import graph
 
@@ -84,7 +85,7 @@ def compile_ort(inputs: Mapping[str, Any], params: CompileOrtParams, out: Path) 
     build["hw"]["target"] = TARGET
     program = fmt.Program(TARGET, signature, specs, graphs, tuple(weights), options, build=build)
     fmt.write_program(out, program)
-    load_seconds = _prove_loads(out, program)
+    load_seconds = prove_loads(out, program)
     return {**result, "graphs": sorted(set(graphs.values())), "load_seconds": load_seconds}
 
 
@@ -104,7 +105,7 @@ def _fix_shapes(model: Any, sizes: dict[str, int]) -> None:
                 dim.dim_value = sizes[dim.dim_param]
 
 
-def _prove_loads(out: Path, program: Any) -> dict[str, float]:
+def prove_loads(out: Path, program: Any) -> dict[str, float]:
     """Create every session once: a graph ONNX Runtime cannot load must fail the build here."""
     import time
 

@@ -79,19 +79,34 @@ def quantize(inputs: Mapping[str, Any], params: QuantizeParams, out: Path) -> di
         copy_tree(src, out)  # links
         return {"weights": None}
     program = fmt.read_program(src)
-    files = set(program.graphs.values())
-    if files != {onnx_files.MODEL}:
-        raise UserError(f"quantize.weights: {params.weights!r} is not allowed for this program's graphs {sorted(files)}; "
-                        "allowed: null (one shared graph file is quantized: hw.attention=gqa)")
-    model, counts = _quantize(onnx_files.load_ir(src), params)
-    onnx_files.save_ir(model, out)
+    files = list(dict.fromkeys(program.graphs.values()))  # one dynamic graph, or one per specialization
+    model, counts = _quantize(onnx_files.load_ir(src, files[0]), params)
+    onnx_files.save_ir(model, out, name=files[0])
     del model
+    for other in files[1:]:  # the same graph at other fixed shapes: the same quantized weights, stored once
+        _reshaped_like(out / files[0], src / other, out / other)
     prove_loads(out, program)
     if (src / fmt.SIGNATURE).is_file():
         link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
     build = {**program.build, "quantize": config_of(params)["quantize"]}  # the package's numerics (Target.numerics)
-    fmt.write_program(out, dataclasses.replace(program, weights=tuple(onnx_files.data_files(out)), build=build))
+    fmt.write_program(out, dataclasses.replace(program, weights=tuple(onnx_files.data_files(out, files[0])), build=build))
     return {"weights": params.weights, **counts}
+
+
+def _reshaped_like(quantized: Path, original: Path, out: Path) -> None:
+    """``original`` (a specialization's fixed-shape copy of the graph ``quantized`` came from) quantized the
+    same way: ``quantized``'s nodes and weight references, ``original``'s input, output and value shapes."""
+    import onnx
+
+    q = onnx.load(str(quantized), load_external_data=False)
+    o = onnx.load(str(original), load_external_data=False)
+    produced = {name for node in q.graph.node for name in node.output}
+    for field in ("input", "output"):
+        del getattr(q.graph, field)[:]
+        getattr(q.graph, field).extend(getattr(o.graph, field))
+    del q.graph.value_info[:]
+    q.graph.value_info.extend(v for v in o.graph.value_info if v.name in produced)
+    onnx.save_model(q, str(out))
 
 
 def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
@@ -106,6 +121,7 @@ def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
     logging.getLogger(mq.__name__).setLevel(logging.WARNING)  # a line per node otherwise
 
     heads = tied.untie(model)  # the quantizer takes MatMuls; the tied table is shared again below
+    _gemms_to_matmuls(model)  # an encoder's Linear layers (compile made them Gemm); the bias goes back in below
     graph = model.graph
     excluded = [n.name for n in graph if n.op_type == "MatMul" and _excluded(n, params.exclude)]
     bits = BITS[params.weights]
@@ -118,12 +134,57 @@ def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
     quantizer.process()
     quantized = ir.serde.deserialize_model(quantizer.model.model)
     shared = tied.share_quantized_table(quantized, heads)
+    _biases_inside(quantized)
     for node in quantized.graph:
         if node.op_type == "MatMulNBits":
             node.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", params.accuracy_level)
     ops = [n.op_type for n in quantized.graph]
     return quantized, {"matmul_nbits": ops.count("MatMulNBits"), "matmul_kept": ops.count("MatMul"),
                        "excluded": len(excluded), "tables_shared": shared}
+
+
+def _gemms_to_matmuls(model: Any) -> None:
+    """Gemm(x, W, b) of constant W [K, N] and b [N] (no scaling, no transposes) -> MatMul(x, W) + b, same name."""
+    import onnx_ir as ir
+
+    for node in list(model.graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 3:
+            continue
+        x, w, b = node.inputs
+        plain = all(_attribute(node, a, d) == d for a, d in (("alpha", 1.0), ("beta", 1.0), ("transA", 0), ("transB", 0)))
+        if not plain or w.const_value is None or b is None or b.const_value is None or len(b.const_value.shape) != 1:
+            continue
+        matmul = ir.node("MatMul", [x, w], name=node.name)
+        add = ir.node("Add", [matmul.outputs[0], b], name=f"{node.name}_bias")
+        model.graph.insert_before(node, [matmul, add])
+        node.outputs[0].replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+
+
+def _biases_inside(model: Any) -> None:
+    """MatMulNBits followed by Add of a constant [N] bias: the bias as MatMulNBits' own input (one pass over the output)."""
+    for node in list(model.graph):
+        if node.op_type != "MatMulNBits" or len(node.inputs) > 5:
+            continue
+        uses = list(node.outputs[0].uses())
+        add = uses[0].node if len(uses) == 1 else None
+        if add is None or add.op_type != "Add" or node.outputs[0].is_graph_output():
+            continue
+        bias = add.inputs[1 - uses[0].idx]
+        n = node.attributes["N"].as_int()
+        if bias is None or bias.const_value is None or tuple(bias.const_value.shape) != (n,):
+            continue
+        node.resize_inputs(6)  # A, B, scales, zero_points, g_idx, bias
+        node.replace_input_with(5, bias)
+        name = add.outputs[0].name
+        add.outputs[0].replace_all_uses_with(node.outputs[0], replace_graph_outputs=True)
+        model.graph.remove(add, safe=True)
+        node.outputs[0].name = name
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    a = node.attributes.get(name)
+    return default if a is None else a.value
 
 
 def _excluded(node: Any, patterns: Any) -> bool:

@@ -4,8 +4,9 @@ Written once after the last job, in the launching process (pipeline.callbacks.Sw
 whatever the launcher; ``python -m pipeline.report <sweep dir> [--metric M] [--x KEY] [--y KEY]``
 rebuilds it from what the sweep directory holds (e.g. after an interrupted sweep). One row per
 point: its overrides, each stage's status, compile seconds (the compile's own build time, also
-when it was cached), package size, validation, and the benchmark's TTFT and decode tok/s when
-the sweep ran with ``pipeline.benchmark=true``. The picture shows one metric over two swept
+when it was cached), package size, validation, the teacher-forced gate's perplexity ratio (lossy
+programs: quantized, fp16, MX), and the benchmark's TTFT and decode tok/s when the sweep ran
+with ``pipeline.benchmark=true``. The picture shows one metric over two swept
 keys, one panel per combination of any further swept keys, failed points marked.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ METRICS = {
     "ttft_ms": "TTFT ms",
     "compile_s": "compile s",
     "package_mb": "package MB",
+    "ppl_ratio": "ppl ratio",
     "run_s": "job s",
 }
 
@@ -64,6 +66,7 @@ def _point(job: Path) -> Point:
     compile_stage = next((s for s in summary.get("stages", []) if s["name"] == "compile"), None)
     validation = summary.get("validation")
     perf = ((summary.get("benchmark") or {}).get("perf_metrics")) or {}
+    gate = (validation or {}).get("gate") or {}
     size = summary.get("package_bytes")
     metrics = {
         "compile_s": _first(compile_stage, "built_seconds", "seconds") if compile_stage else None,
@@ -71,6 +74,7 @@ def _point(job: Path) -> Point:
         "ttft_ms": perf["prefill_time_s"] * 1000 if "prefill_time_s" in perf else None,
         "decode_tok_s": perf.get("decode_throughput_tok_s"),
         "run_s": sum(s.get("seconds", 0) for s in summary.get("stages", [])) or None,
+        "ppl_ratio": gate.get("ppl_ratio"),  # lossy programs only (lossless ones are checked exactly)
     }
     failed = next((f"{s['name']}: {s.get('error')}" for s in summary.get("stages", []) if s["status"] == "failed"), None)
     return Point(job.name, overrides, job_code(job), stages,
@@ -129,7 +133,7 @@ def write_report(sweep_dir: Path, metric: str | None = None, x: str | None = Non
         stages += [s for s in p.stages if s not in stages]
     columns = ["job", *keys, *(f"{s}" for s in stages), "validation", *METRICS.values(), "exit_code", "error"]
     rows = [[p.job, *(p.overrides.get(k, "") for k in keys), *(p.stages.get(s, "-") for s in stages), p.validation,
-             *(_show(p.metrics.get(m)) for m in METRICS), p.exit_code, p.error or ""] for p in points]
+             *(_show(p.metrics.get(m), m) for m in METRICS), p.exit_code, p.error or ""] for p in points]
     with open(sweep_dir / "sweep.csv", "w", newline="") as f:
         csv.writer(f).writerows([columns, *rows])
     (sweep_dir / "sweep.md").write_text(_markdown(columns, rows, points, metric))
@@ -137,9 +141,11 @@ def write_report(sweep_dir: Path, metric: str | None = None, x: str | None = Non
     return [sweep_dir / f for f in FILES]
 
 
-def _show(value: float | None) -> str:
+def _show(value: float | None, metric: str = "") -> str:
     if value is None:
         return ""
+    if metric == "ppl_ratio":
+        return f"{value:.4f}"
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
 
 

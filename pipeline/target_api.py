@@ -46,15 +46,17 @@ class Numerics:
     """How a lossy program stores values: activations, MatMul weights, the KV cache; node outputs kept fp32."""
 
     activations: str = FLOAT32                 # float32 | float16
-    matmul_weights: str = FLOAT32              # float32 | float16 | mxfp6
+    matmul_weights: str = FLOAT32              # float32 | float16 | mxfp6 | int8 | int4
     kv_cache: str = FLOAT32                    # float32 | float16 | mxint8
     fp32_nodes: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        """validation.target of its twin: onnx-fp32, onnx-fp16, onnx-fp16-mxfp6, onnx-fp16-mxfp6-kvmxint8, ..."""
+        """validation.target of its twin: onnx-fp32, onnx-fp16, onnx-fp16-mxfp6, onnx-fp16-mxfp6-kvmxint8, ...
+        (onnx-fp32-int4: a CPU program's MatMulNBits weights)"""
         parts = ["onnx", "fp16" if self.activations == FLOAT16 else "fp32"]
         parts += ["mxfp6"] * (self.matmul_weights == MXFP6) + ["kvmxint8"] * (self.kv_cache == MXINT8)
+        parts += [self.matmul_weights] * (self.matmul_weights in ("int8", "int4"))
         return "-".join(parts)
 
     @property

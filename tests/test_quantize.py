@@ -137,6 +137,33 @@ def test_a_tied_model_builds_once_stored_and_validates(store):
     assert sum(f.stat().st_size for f in Path(r.summary["package"]).glob("*.data")) < 0.2 * tied
 
 
+def test_the_scatter_program_quantizes_every_graph_over_one_weights_file(store):
+    import onnx
+
+    r = run_pipeline(store, "quantize.weights=int8", "hw.attention=scatter")
+    assert r.rc == 0 and r.summary["validation"]["gate"]["passed"], r.out + r.err
+    package = Path(r.summary["package"])
+    graphs = sorted(p.name for p in package.glob("*.onnx"))
+    assert graphs == ["decode.onnx", "prefill.onnx"] and [p.name for p in package.glob("*.data")] == ["model.onnx.data"]
+    for name in graphs:
+        graph = onnx.load(str(package / name), load_external_data=False).graph
+        assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 15, name  # q, k, v apart here
+        assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == (1 if name == "decode.onnx" else 128)
+
+
+def test_an_embedding_package_quantizes_and_passes_its_gate(store):
+    import onnx
+
+    r = run_pipeline(store, "pipeline=embedding", "quantize.weights=int8", model="minilm_l6")
+    assert r.rc == 0, r.out + r.err
+    v = r.summary["validation"]
+    assert v["passed"] and v["min_cosine_allowed"] == 0.998 and 0.998 <= v["min_cosine"] < 0.9999, v
+    graph = onnx.load(str(Path(r.summary["package"]) / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 36 and all(len(n.input) == 6 and n.input[5] for n in nbits)  # 6 layers x 6, bias inside
+    assert not any(n.op_type == "Gemm" for n in graph.node)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["quantize.weights=int3"], "quantize.weights: 'int3' is not allowed; allowed: int8 | int4"),
     (["quantize.weights=int4", "quantize.block_size=20"], "quantize.block_size: 20 is not allowed"),
@@ -144,7 +171,6 @@ def test_a_tied_model_builds_once_stored_and_validates(store):
     (["quantize.weights=int8", "quantize.method=hqq"], "quantize.method: 'hqq' is not allowed with quantize.weights=int8"),
     (["quantize.weights=int4", "hw=ai100_16c", "compile.dry_run=true"],
      "quantize.weights: 'int4' is not allowed for hw.target=ai100"),
-    (["quantize.weights=int4", "hw.attention=scatter"], "quantize.weights: 'int4' is not allowed for this program"),
 ])
 def test_bad_quantize_input_is_one_line(store, overrides, message):
     r = run_pipeline(store, *overrides)

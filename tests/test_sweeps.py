@@ -101,3 +101,15 @@ def test_a_store_on_nfs_without_shared_locks_is_refused():
     assert "mounted with nolock" in lock_problem(Path("/mnt/local/store"), mountinfo)
     assert lock_problem(Path("/mnt/flock/store"), mountinfo).startswith(
         "store.root: '/mnt/flock/store' is on NFS mounted with local_lock=flock")
+
+
+def test_a_sweep_over_weight_precision_reports_speed_size_and_perplexity_ratio(store, tmp_path):
+    p = sweep(store, tmp_path / "sweep", "quantize.weights=null,int8,int4", "pipeline.benchmark=true",
+              "benchmark.repeats=1", "benchmark.generation_len=4")
+    assert p.returncode == 0, p.stdout + p.stderr
+    table = {r["quantize.weights"]: r for r in rows(tmp_path / "sweep")}
+    assert set(table) == {"null", "int8", "int4"} and all(float(r["decode tok/s"]) > 0 for r in table.values())
+    size = {w: float(r["package MB"]) for w, r in table.items()}
+    assert size["int4"] < size["int8"] < size["null"], size
+    assert table["null"]["ppl ratio"] == ""  # lossless: checked exactly, no ratio
+    assert all(1 - 1e-3 < float(table[w]["ppl ratio"]) <= 1.45 for w in ("int8", "int4")), table

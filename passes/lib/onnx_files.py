@@ -18,8 +18,8 @@ INLINE_LIMIT = 1024
 ALIGNMENT = 4096
 
 
-def save_ir(model: Any, out: Path, max_file_bytes: int | None = None) -> None:
-    """Write an onnx_ir model as out/model.onnx with its weights in external data files.
+def save_ir(model: Any, out: Path, max_file_bytes: int | None = None, name: str = MODEL) -> None:
+    """Write an onnx_ir model as out/model.onnx (or out/``name``) with its weights in external data files.
 
     ``max_file_bytes=None``: one file, out/model.onnx.data (the layout every pass has always
     written). An int: files of at most that many bytes each (4 KiB alignment padding
@@ -37,13 +37,13 @@ def save_ir(model: Any, out: Path, max_file_bytes: int | None = None) -> None:
         raise ValueError(f"max_file_bytes must be a positive int or None, not {max_file_bytes!r}")
     # onnx_ir shards by initializer order, starting a new file when the next (aligned)
     # tensor would pass the limit; with None it takes its single-file path unchanged.
-    ir.save(model, out / MODEL, external_data=WEIGHTS, size_threshold_bytes=INLINE_LIMIT,
+    ir.save(model, out / name, external_data=WEIGHTS, size_threshold_bytes=INLINE_LIMIT,
             max_shard_size_bytes=max_file_bytes,
             alignment=ALIGNMENT, align_threshold=INLINE_LIMIT, max_workers=1)
 
 
-def data_files(src: Path) -> list[str]:
-    """Names (relative to src) of the external data files src/model.onnx refers to, in first-use order.
+def data_files(src: Path, name: str = MODEL) -> list[str]:
+    """Names (relative to src) of the external data files src/model.onnx (or src/``name``) refers to, in first-use order.
 
     ``[WEIGHTS]`` for a model saved unsplit; several shard names for a split save; empty if
     every tensor is inline. Reads only the graph, never the weights.
@@ -51,7 +51,7 @@ def data_files(src: Path) -> list[str]:
     import onnx
     from onnx import external_data_helper
 
-    proto = onnx.load(Path(src) / MODEL, load_external_data=False)
+    proto = onnx.load(Path(src) / name, load_external_data=False)
     names: dict[str, None] = {}
     for tensor in external_data_helper._get_all_tensors(proto):
         if external_data_helper.uses_external_data(tensor):
@@ -60,8 +60,8 @@ def data_files(src: Path) -> list[str]:
     return list(names)
 
 
-def load_ir(src: Path) -> Any:
-    """Read src/model.onnx with its weights memory-mapped from the external file(s).
+def load_ir(src: Path, name: str = MODEL) -> Any:
+    """Read src/model.onnx (or src/``name``) with its weights memory-mapped from the external file(s).
 
     Store trees are hard links to immutable blobs, and onnx/onnx_ir refuse external data
     with more than one link (a guard against planted links). Our own read-only store is
@@ -70,7 +70,7 @@ def load_ir(src: Path) -> Any:
     import numpy as np
     import onnx_ir as ir
 
-    model = ir.load(src / MODEL)
+    model = ir.load(src / name)
     for value in model.graph.initializers.values():
         t = value.const_value
         if isinstance(t, ir.ExternalTensor) and t.size:

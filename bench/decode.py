@@ -135,18 +135,20 @@ def build(model: str, threads: int, ctx_len: int) -> tuple[str, str]:
     return str(result.package), str(folder)
 
 
-def genai_model(folder: str, threads: int) -> str:
-    """onnxruntime-genai's fp32 CPU model of the folder, built once by its builder (cached by folder)."""
+def genai_model(folder: str, threads: int, precision: str = "fp32") -> str:
+    """onnxruntime-genai's CPU model of the folder (``-p fp32`` or ``int4``), built once by its builder
+    (cached by folder and precision)."""
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime_genai") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", GENAI], check=True)
-    out = ROOT / "bench" / ".cache" / f"genai-{Path(folder).name[:16]}"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    out = ROOT / "bench" / ".cache" / f"genai-{Path(folder).name[:16]}{suffix}"
     config = out / "genai_config.json"
     if not config.is_file():
         cache = ROOT / "bench" / ".cache" / "genai-build"
         subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", str(out),
-                        "-p", "fp32", "-e", "cpu", "-c", str(cache)], check=True, capture_output=True)
+                        "-p", precision, "-e", "cpu", "-c", str(cache)], check=True, capture_output=True)
     data = json.loads(config.read_text())
     data["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
     config.write_text(json.dumps(data, indent=4))
@@ -163,12 +165,18 @@ def in_process(engine: str, target: str, new: int, threads: int) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def speed_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments every decode-speed bench takes: model, threads, new tokens, rounds."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--model", default="smollm2_135m")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
+    return ap
+
+
+def main() -> None:
+    ap = speed_arguments(__doc__)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -75,12 +75,18 @@ def quantize(inputs: Mapping[str, Any], params: QuantizeParams, out: Path) -> di
     from runtime import package_format as fmt
 
     src = Path(inputs["program"])
-    if params.weights is None:
+    checkpoint = inputs.get("checkpoint")
+    ints = {}  # a quantized checkpoint's integers (passes.load.quantized), for targets ONNX Runtime runs
+    if checkpoint is not None and find_target(params.target).runtime == ONNXRUNTIME:
+        from passes.load.quantized import load_sidecar
+
+        ints = load_sidecar(Path(checkpoint))
+    if params.weights is None and not ints:
         copy_tree(src, out)  # links
         return {"weights": None}
     program = fmt.read_program(src)
     files = list(dict.fromkeys(program.graphs.values()))  # one dynamic graph, or one per specialization
-    model, counts = _quantize(onnx_files.load_ir(src, files[0]), params)
+    model, counts = _quantize(onnx_files.load_ir(src, files[0]), params, ints)
     onnx_files.save_ir(model, out, name=files[0])
     del model
     for other in files[1:]:  # the same graph at other fixed shapes: the same quantized weights, stored once
@@ -88,7 +94,11 @@ def quantize(inputs: Mapping[str, Any], params: QuantizeParams, out: Path) -> di
     prove_loads(out, program)
     if (src / fmt.SIGNATURE).is_file():
         link_or_copy(src / fmt.SIGNATURE, out / fmt.SIGNATURE)
-    build = {**program.build, "quantize": config_of(params)["quantize"]}  # the package's numerics (Target.numerics)
+    record = config_of(params)["quantize"]
+    if counts.get("from_checkpoint"):
+        record["checkpoint"] = {"weights": f"int{min(v['bits'] for v in ints.values())}",
+                                "linears": counts["from_checkpoint"]}
+    build = {**program.build, "quantize": record}  # the package's numerics (Target.numerics)
     fmt.write_program(out, dataclasses.replace(program, weights=tuple(onnx_files.data_files(out, files[0])), build=build))
     return {"weights": params.weights, **counts}
 
@@ -109,30 +119,38 @@ def _reshaped_like(quantized: Path, original: Path, out: Path) -> None:
     onnx.save_model(q, str(out))
 
 
-def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
-    """``model`` (onnx_ir) with its MatMuls as MatMulNBits (through onnxruntime's quantizer, on a proto), and counts."""
+def _quantize(model: Any, params: QuantizeParams, ints: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, int]]:
+    """``model`` (onnx_ir) with its MatMuls as MatMulNBits, and counts: those whose weights a quantized checkpoint
+    holds (``ints``, passes.load.quantized.load_sidecar) from its integers, the rest (``quantize.weights``)
+    through onnxruntime's quantizer (on a proto)."""
     import logging
 
     import onnx_ir as ir
     from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
+    from passes.lib import checkpoint_ints
     from passes.targets.ort import tied
 
     logging.getLogger(mq.__name__).setLevel(logging.WARNING)  # a line per node otherwise
 
     heads = tied.untie(model)  # the quantizer takes MatMuls; the tied table is shared again below
     _gemms_to_matmuls(model)  # an encoder's Linear layers (compile made them Gemm); the bias goes back in below
+    from_checkpoint = checkpoint_ints.substitute(model, ints or {}, params.accuracy_level)
     graph = model.graph
     excluded = [n.name for n in graph if n.op_type == "MatMul" and _excluded(n, params.exclude)]
-    bits = BITS[params.weights]
-    if params.method == Method.hqq:
-        config = mq.HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=bits)
+    if params.weights is not None:
+        bits = BITS[params.weights]
+        if params.method == Method.hqq:
+            config = mq.HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=bits)
+        else:
+            config = mq.DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.symmetric,
+                                                     bits=bits)
+        proto = ir.serde.serialize_model(model)
+        quantizer = mq.MatMulNBitsQuantizer(proto, nodes_to_exclude=excluded, algo_config=config)
+        quantizer.process()
+        quantized = ir.serde.deserialize_model(quantizer.model.model)
     else:
-        config = mq.DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.symmetric, bits=bits)
-    proto = ir.serde.serialize_model(model)
-    quantizer = mq.MatMulNBitsQuantizer(proto, nodes_to_exclude=excluded, algo_config=config)
-    quantizer.process()
-    quantized = ir.serde.deserialize_model(quantizer.model.model)
+        quantized = model
     shared = tied.share_quantized_table(quantized, heads)
     _biases_inside(quantized)
     for node in quantized.graph:
@@ -140,7 +158,8 @@ def _quantize(model: Any, params: QuantizeParams) -> tuple[Any, dict[str, int]]:
             node.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", params.accuracy_level)
     ops = [n.op_type for n in quantized.graph]
     return quantized, {"matmul_nbits": ops.count("MatMulNBits"), "matmul_kept": ops.count("MatMul"),
-                       "excluded": len(excluded), "tables_shared": shared}
+                       "excluded": len(excluded), "tables_shared": shared,
+                       "from_checkpoint": from_checkpoint}
 
 
 def _gemms_to_matmuls(model: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from passes.lib.transformers_source import causal_lm_classes
 from passes.load.facts import ModelFacts, model_facts
+from passes.load import quantized
 from passes.load.gguf_header import is_gguf
 from passes.load.hf_cache import cached_commit, hf_cache_dir, is_commit
 from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_schema, hook, register_pass
@@ -73,7 +74,9 @@ class LoadParams:
     "load",
     params=LoadParams,
     deps=("torch", "transformers", "gguf", "safetensors", "tokenizers"),
-    materialize=lambda p: p.source in ("gguf", "random") or p.num_layers is not None,
+    # a quantized local checkpoint is written out too: as float weights, its integers beside them
+    materialize=lambda p: p.source in ("gguf", "random") or p.num_layers is not None
+    or (p.source == "local" and quantized.declared(p.path) is not None),
 )
 def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any:
     """gguf/random (or any source with ``num_layers``): fill ``out`` with an HF folder;
@@ -85,13 +88,18 @@ def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any
         folder = Path(params.path)
     elif params.source == "hub":
         folder = sources.hub_snapshot(params.hf_id, params.revision)
-    if folder is not None and params.num_layers is None:
+    packed = folder is not None and quantized.declared(folder) is not None
+    if folder is not None and params.num_layers is None and not packed:
         return folder
 
     import torch
 
     dtype = getattr(torch, params.dtype)
-    if folder is not None:
+    linears: dict = {}
+    if packed:
+        model, linears = sources.from_quantized(folder, dtype)
+        tokenizer = sources.load_tokenizer(folder)
+    elif folder is not None:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
@@ -106,8 +114,10 @@ def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any
         sources.keep_layers(model, params.num_layers)
     model.save_pretrained(out)  # safetensors; its metadata is {"format": "pt"}, no timestamps
     tokenizer.save_pretrained(out)
+    if linears:
+        quantized.save(out, linears)  # the checkpoint's integers, for the quantize stage
     return {"source": params.source, "model_type": model.config.model_type,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "quantized_linears": len(linears)}
 
 
 # ---- hooks (cheap: no torch, no transformers) ------------------------------------------------
@@ -134,6 +144,10 @@ def check(params: LoadParams, facts: Any = None) -> None:
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise UserError(f"model.path: {params.path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
                             f"allowed: a model folder that holds its tokenizer")
+        qc = quantized.declared(folder)
+        why = None if qc is None else quantized.unreadable(qc) if isinstance(qc, Mapping) else "a quantization_config that is not a mapping"
+        if why:
+            raise UserError(f"model.path: {params.path!r} declares {why}")
     if src == "gguf":
         if not params.path or not Path(params.path).is_file():
             raise UserError(f"model.path: {params.path!r} does not exist; allowed: a GGUF file (source=gguf)")

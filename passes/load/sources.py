@@ -30,6 +30,28 @@ def from_gguf(path: Path, dtype: Any) -> Any:
     return model.eval()
 
 
+def from_quantized(folder: Path, dtype: Any) -> tuple[Any, dict[str, Any]]:
+    """(the float model a quantized checkpoint stands for, its quantized Linears) (passes.load.quantized)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from passes.load import quantized
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    floats, linears, _ = quantized.read(folder)
+    state = {name: torch.as_tensor(value) for name, value in floats.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config.get_text_config(), "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise StageFailure(f"load: the quantized checkpoint {folder} does not fit its config: missing "
+                           f"{sorted(set(missing) - tied)[:4]}, unexpected {sorted(unexpected)[:4]}")
+    model.tie_weights()
+    return model.to(dtype).eval(), linears
+
+
 def from_config(hf_config: Mapping[str, Any], seed: int, dtype: Any) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -57,6 +57,18 @@ def segments(ids: Sequence[int], tokens: int, length: int) -> list[list[int]]:
     return [p for p in parts if len(p) >= 2]
 
 
+def prefill_length(length: int, chunk: int) -> int:
+    """How many of a segment's ``length`` tokens are fed as prompt (in chunks of ``chunk``): about half."""
+    return min(max(chunk, (length // 2) // chunk * chunk), length - 1)
+
+
+def scored_positions(length: int, chunk: int) -> np.ndarray:
+    """The positions ``package_logits`` scores on a segment of ``length`` tokens: each prefill chunk's
+    last, then every decode step's (a full-sequence model scored at these is scored as the package is)."""
+    half = prefill_length(length, chunk)
+    return np.asarray([min(first + chunk, half) - 1 for first in range(0, half, chunk)] + list(range(half, length - 1)))
+
+
 def package_logits(session: Any, segment: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(positions, logits [n, vocab]) of the package on one segment: chunked prefill of its first
     half, then decode steps; position p's logits predict token p + 1."""
@@ -66,8 +78,7 @@ def package_logits(session: Any, segment: Sequence[int]) -> tuple[np.ndarray, np
     program = session.program
     prefill, decode = program.spec(fmt.PREFILL), program.decode_spec(1)
     chunk = prefill.seq_len
-    half = max(chunk, (len(segment) // 2) // chunk * chunk)
-    half = min(half, len(segment) - 1)
+    half = prefill_length(len(segment), chunk)
     kv = session.new_kv()
     positions, rows = [], []
     for first in range(0, half, chunk):

@@ -47,5 +47,6 @@ class CpuTarget(Target):
 
     def numerics(self, build: Mapping[str, Any]) -> Numerics | None:
         """fp32 unless the quantize stage stored the MatMul weights as int8 / int4 (``build.quantize.weights``)."""
-        weights = (build.get("quantize") or {}).get("weights")
+        quantize = build.get("quantize") or {}
+        weights = quantize.get("weights") or (quantize.get("checkpoint") or {}).get("weights")  # a quantized checkpoint's
         return Numerics(matmul_weights=str(weights)) if weights else None

@@ -22,15 +22,16 @@ from pathlib import Path
 
 from decode import ROOT, genai_model, in_process, speed_arguments
 
-WEIGHTS = ("fp32", "int8", "int4")
+# package name -> quantize overrides
+WEIGHTS = {"fp32": [], "int8": ["quantize.weights=int8"], "int4": ["quantize.weights=int4"],
+           "int4 asym": ["quantize.weights=int4", "quantize.symmetric=false"]}
 
 
 def build(model: str, threads: int, weights: str) -> tuple[str, str]:
-    """(package, HF folder of the load stage) with the MatMul weights in ``weights`` (fp32: none quantized)."""
+    """(package, HF folder of the load stage) with the MatMul weights as ``WEIGHTS[weights]`` says."""
     from pipeline.api import build as build_cfg, compose
 
-    q = "null" if weights == "fp32" else weights
-    cfg = compose([f"model={model}", f"hw.num_cores={threads}", f"quantize.weights={q}"])
+    cfg = compose([f"model={model}", f"hw.num_cores={threads}", *WEIGHTS[weights]])
     result = build_cfg(cfg, echo=lambda line: None, goals=("package",))
     if not result.ok:
         sys.exit(f"bench: the {weights} build failed: {[(s.name, s.error) for s in result.stages if s.error]}")
@@ -137,11 +138,11 @@ def main() -> None:
           f"{chat_tokens} tokens, medians of {args.rounds} rounds (engines alternating, a fresh process each); "
           f"quality: {scores['package fp32']['positions']} teacher-forced positions of the gate's text against "
           "PyTorch fp32; bytes: ONNX graphs + weights, embedding and lm_head included")
-    print(f"{'engine':<15}{'decode tok/s':>13}{'TTFT ms':>9}{'MB':>8}{'ppl':>10}{'ppl ratio':>11}{'mean KL':>9}"
+    print(f"{'engine':<18}{'decode tok/s':>13}{'TTFT ms':>9}{'MB':>8}{'ppl':>10}{'ppl ratio':>11}{'mean KL':>9}"
           f"{'top-1':>7}")
     for name in engines:
         s = scores[name]
-        print(f"{name:<15}{med(name, 'decode_tok_s'):13.1f}{med(name, 'ttft_ms'):9.1f}{size[name] / 1e6:8.1f}"
+        print(f"{name:<18}{med(name, 'decode_tok_s'):13.1f}{med(name, 'ttft_ms'):9.1f}{size[name] / 1e6:8.1f}"
               f"{s['ppl_package']:10.3f}{s['ppl_ratio']:11.4f}{s['mean_kl']:9.4f}{s['top1_agreement']:7.3f}")
     tok = {name: med(name, "decode_tok_s") for name in engines}
     ttft = {name: med(name, "ttft_ms") for name in engines}
@@ -149,6 +150,8 @@ def main() -> None:
           f"{tok['package int4'] / tok['genai int4']:.2f}x, package int8 / package fp32 "
           f"{tok['package int8'] / tok['package fp32']:.2f}x, package int4 / package fp32 "
           f"{tok['package int4'] / tok['package fp32']:.2f}x")
+    print(f"int4 asymmetric: decode / genai int4 {tok['package int4 asym'] / tok['genai int4']:.2f}x, perplexity "
+          f"{scores['package int4 asym']['ppl_package']:.3f}")
     print(f"perplexity: package int4 {scores['package int4']['ppl_package']:.3f} vs genai int4 "
           f"{scores['genai int4']['ppl_package']:.3f} (reference {scores['package fp32']['ppl_reference']:.3f}); "
           f"package int8 ratio {scores['package int8']['ppl_ratio']:.4f}")

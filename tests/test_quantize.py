@@ -176,3 +176,24 @@ def test_bad_quantize_input_is_one_line(store, overrides, message):
     r = run_pipeline(store, *overrides)
     assert r.rc in (1, 2) and message in r.out + r.err, r.out + r.err
     assert "Traceback" not in r.out + r.err
+
+
+def test_a_compressed_package_generates_publishes_and_runs_after_fetch(store, tmp_path):
+    import subprocess
+
+    from conftest import infer
+
+    r = infer(store, "quantize.weights=int4", "prompt=Hello", "generation_len=4")
+    assert r.rc == 0 and len(r.exec_info["generated_ids"][0]) == 4, r.out + r.err
+    published = run_pipeline(store, "quantize.weights=int4", f"to={tmp_path / 'dest'}", entry="pipeline.publish")
+    assert published.rc == 0, published.out + published.err
+    assert published.status()["quantize"] == "cached"  # the package infer built
+    name = published.summary["published"][0]["name"]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    fetched = cli("pipeline.fetch", f"{tmp_path / 'dest'}/{name}", str(tmp_path / "got"))
+    assert fetched.returncode == 0, fetched.stderr
+    run = cli("runtime", str(tmp_path / "got"), "--prompt", "Hello", "--max-new-tokens", "4")
+    assert run.returncode == 0, run.stderr

@@ -47,6 +47,12 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
     return words.view(np.int32)
 
 
+def _awq_pack(values: np.ndarray) -> np.ndarray:
+    """AWQ's GEMM packing: along cols, each word's nibble i holding element (0 2 4 6 1 3 5 7)[i] of its 8."""
+    rows, cols = values.shape
+    return _pack(values.reshape(rows, cols // 8, 8)[:, :, [0, 2, 4, 6, 1, 3, 5, 7]].reshape(rows, cols), 4)
+
+
 def write_checkpoint(src: Path, dst: Path, layout: str, bits: int) -> dict[str, np.ndarray]:
     """tiny_llama's float folder ``src`` written quantized in ``layout`` at ``dst``; the unsigned ints per Linear."""
     import torch
@@ -74,6 +80,17 @@ def write_checkpoint(src: Path, dst: Path, layout: str, bits: int) -> dict[str, 
             out[f"{module}.weight_scale"] = torch.from_numpy(scales).to(torch.float16)
             out[f"{module}.weight_shape"] = torch.tensor(w.shape)
             ints[module] = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+        elif layout == "awq":  # GEMM, asymmetric
+            q, scales, zeros = _rtn(w, bits, symmetric=False)
+            out[f"{module}.qweight"] = torch.from_numpy(_awq_pack(q.T.copy()))  # [K, N / 8]: packed along N
+            out[f"{module}.qzeros"] = torch.from_numpy(_awq_pack(zeros.T.copy()))
+            out[f"{module}.scales"] = torch.from_numpy(scales.T.copy()).to(torch.float16)
+            ints[module] = q
+        elif layout == "fp8":  # compressed-tensors float-quantized, a scale per output channel
+            scale = np.abs(w).max(1, keepdims=True) / 448.0
+            out[name] = torch.from_numpy(w / scale).to(torch.float8_e4m3fn)
+            out[f"{module}.weight_scale"] = torch.from_numpy(scale.astype(np.float32))
+            ints[module] = (out[name].float() * out[f"{module}.weight_scale"]).numpy()  # its float meaning
         else:  # GPTQ v1, asymmetric
             q, scales, zeros = _rtn(w, bits, symmetric=False)
             out[f"{module}.qweight"] = torch.from_numpy(_pack(q, bits).T.copy())  # [K / 8, N]: packed along K
@@ -89,6 +106,14 @@ def write_checkpoint(src: Path, dst: Path, layout: str, bits: int) -> dict[str, 
             "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
                 "num_bits": bits, "type": "int", "symmetric": True, "strategy": "group", "group_size": GROUP,
                 "dynamic": False}}}}
+    elif layout == "awq":
+        config["quantization_config"] = {"quant_method": "awq", "bits": bits, "group_size": GROUP, "version": "gemm",
+                                         "zero_point": True}
+    elif layout == "fp8":
+        config["quantization_config"] = {
+            "quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+            "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                "num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel", "dynamic": False}}}}
     else:
         config["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": GROUP, "desc_act": False,
                                          "sym": False, "checkpoint_format": "gptq"}
@@ -112,7 +137,7 @@ def _unpacked(blocks: np.ndarray, bits: int) -> np.ndarray:
     return rows if bits == 8 else np.stack([rows & 0xF, rows >> 4], -1).reshape(rows.shape[0], -1)
 
 
-@pytest.mark.parametrize("layout, bits", [("compressed-tensors", 4), ("compressed-tensors", 8), ("gptq", 4)])
+@pytest.mark.parametrize("layout, bits", [("compressed-tensors", 4), ("compressed-tensors", 8), ("gptq", 4), ("awq", 4)])
 def test_a_quantized_checkpoint_keeps_its_integers_in_the_package(built_store, store, tmp_path, layout, bits):
     ints = write_checkpoint(_float_checkpoint(built_store), tmp_path / "ckpt", layout, bits)
     r = run_pipeline(store, *LOCAL, f"model.path={tmp_path / 'ckpt'}")
@@ -132,6 +157,18 @@ def test_a_quantized_checkpoint_keeps_its_integers_in_the_package(built_store, s
     assert again.rc == 0, again.out + again.err
     assert {n for n, s in again.status().items() if s == "ran"} == {"quantize", "package", "validate"}
     assert len(_nbits(Path(again.summary["package"]))) == 11
+
+
+def test_an_fp8_checkpoint_is_dequantized_at_load(built_store, store, tmp_path):
+    meaning = write_checkpoint(_float_checkpoint(built_store), tmp_path / "ckpt", "fp8", 8)
+    r = run_pipeline(store, *LOCAL, f"model.path={tmp_path / 'ckpt'}")
+    assert r.rc == 0 and r.summary["validation"]["passed"], r.out + r.err
+    assert not _nbits(Path(r.summary["package"]))  # float weights: the fp32 program, checked exactly
+    from safetensors.numpy import load_file
+
+    load = store / "trees" / r.stage("load")["digest"]
+    got = load_file(str(load / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
+    assert np.array_equal(got, meaning["model.layers.0.mlp.up_proj"])
 
 
 def test_the_float_model_is_what_transformers_reads_from_the_checkpoint(built_store, tmp_path):

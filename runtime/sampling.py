@@ -6,10 +6,21 @@ batching, and in whatever order the scheduler takes it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
+
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
+
+
+class SamplingError(ValueError):
+    """A sampling value out of range: ``key`` names it (``sampling.<key>`` in config, ``<key>`` in a request)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"sampling.{key}: {problem}")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -23,15 +34,21 @@ class SamplingParams:
     seed: int = 0
 
     def check(self) -> None:
-        """ValueError, one line naming the sampling key, on a value out of range."""
-        if not self.temperature >= 0:
-            raise ValueError(f"sampling.temperature: {self.temperature!r} is not allowed; allowed: >= 0 (0: greedy)")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ValueError(f"sampling.top_k: {self.top_k!r} is not allowed; allowed: an integer >= 0 (0: off)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling.top_p: {self.top_p!r} is not allowed; allowed: 0 < top_p <= 1 (1: off)")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"sampling.repetition_penalty: {self.repetition_penalty!r} is not allowed; allowed: > 0 (1: off)")
+        """SamplingError (a ValueError), one line naming the sampling key, on a value out of range."""
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            # logits divided by a denormal temperature overflow to inf - inf = NaN probabilities
+            raise SamplingError("temperature", f"{t!r} is not allowed; allowed: 0 (greedy) or a number from "
+                                f"{MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}")
+        if isinstance(self.top_k, bool) or not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise SamplingError("top_k", f"{self.top_k!r} is not allowed; allowed: an integer >= 0 (0: off)")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise SamplingError("top_p", f"{self.top_p!r} is not allowed; allowed: 0 < top_p <= 1 (1: off)")
+        r = self.repetition_penalty
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < math.inf:
+            raise SamplingError("repetition_penalty", f"{r!r} is not allowed; allowed: a finite number > 0 (1: off)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise SamplingError("seed", f"{self.seed!r} is not allowed; allowed: an integer from 0 to 2**63 - 1")
 
     @property
     def greedy(self) -> bool:

@@ -124,6 +124,8 @@ BAD = [
     (["prompts_file=/nowhere/p.txt"], "prompts_file: '/nowhere/p.txt' cannot be read"),
     (["prompt=a", "sampling.top_p=0"], "sampling.top_p: 0.0 is not allowed; allowed: 0 < top_p <= 1"),
     (["prompt=a", "sampling.temperature=-1"], "sampling.temperature: -1.0 is not allowed"),
+    (["prompt=a", "sampling.temperature=5e-324"], "sampling.temperature: 5e-324 is not allowed; allowed: 0 (greedy)"),
+    (["prompt=a", "sampling.seed=-1"], "sampling.seed: -1 is not allowed; allowed: an integer from 0"),
     (["prompt=a", "generation_len=0"], "generation_len: 0 is not allowed; allowed: an integer >= 1, or null"),
     (["prompt=a", "nope=1"], "nope: not a config key"),
     (["prompt=" + " ".join(["word"] * 40), "compile.ctx_len=16", "compile.prefill_seq_len=8"],

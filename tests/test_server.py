@@ -144,6 +144,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         (dict(model=MODEL, prompt="word " * 300), openai.BadRequestError, "prompt: 301 tokens is not allowed"),
         (dict(model=MODEL, prompt="x", n=2), openai.BadRequestError, "n: 2 is not allowed"),
         (dict(model=MODEL, prompt="x", temperature=-0.5), openai.BadRequestError, "temperature: -0.5 is not allowed"),
+        # checked per request: these used to fail inside the shared engine, with every request in flight
+        (dict(model=MODEL, prompt="x", temperature=5e-324), openai.BadRequestError, "temperature: 5e-324 is not allowed"),
+        (dict(model=MODEL, prompt="x", seed=-1), openai.BadRequestError, "seed: -1 is not allowed"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error) as e:

@@ -85,12 +85,21 @@ def _logprobs(tokenizer: Any, prompt_ids: list[int], done: dict[str, Any], echo:
 
 
 def _sampling(served: Any, body: Any) -> SamplingParams:
+    """The request's sampling over the server's; checked here, so a bad value is this request's 400 and never
+    reaches the shared engine."""
+    from runtime.sampling import SamplingError
+
     base = served.sampling
-    return SamplingParams(temperature=base.temperature if body.temperature is None else body.temperature,
-                          top_k=base.top_k if body.top_k is None else body.top_k,
-                          top_p=base.top_p if body.top_p is None else body.top_p,
-                          repetition_penalty=base.repetition_penalty,
-                          seed=base.seed if body.seed is None else body.seed)
+    params = SamplingParams(temperature=base.temperature if body.temperature is None else body.temperature,
+                            top_k=base.top_k if body.top_k is None else body.top_k,
+                            top_p=base.top_p if body.top_p is None else body.top_p,
+                            repetition_penalty=base.repetition_penalty,
+                            seed=base.seed if body.seed is None else body.seed)
+    try:
+        params.check()
+    except SamplingError as e:
+        raise ApiError(400, f"{e.key}: {str(e).split(': ', 1)[1]}", e.key) from None
+    return params
 
 
 async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int, param: str, chat: bool,

@@ -1,16 +1,20 @@
 """Pass `quantize`: a compiled ONNX Runtime program's MatMul weights as int8 or int4 blocks (com.microsoft MatMulNBits).
 
-Input ``program``: a compile stage's folder. ``quantize.weights: null`` hands it on as it is
-(a tree of links: nothing is copied). ``int8`` / ``int4``: onnxruntime's own weight-only
-quantizer (``MatMulNBitsQuantizer``: round-to-nearest, or HQQ) turns every MatMul with a
-constant weight into MatMulNBits, in blocks of ``quantize.block_size`` along the reduction
-axis, symmetric, computed at ``quantize.accuracy_level`` (4: int8 activations, the fast path);
-MatMuls whose node or weight name matches a ``quantize.exclude`` pattern
-(fnmatch, e.g. ``*lm_head*``) stay float. A head tied to the embedding stays tied: the
-embedding gathers its rows from the head's blocks (passes.targets.ort.tied), so the table is
-stored once. It runs on the compiled program, after the target's fusions (packed q/k/v,
-GroupQueryAttention), so changing it re-runs neither export nor compile. program.json records the settings (``build.quantize``): the target reads them as the
-package's numerics, and validation gates the package teacher-forced (passes.numerics.gate).
+Inputs ``program`` (a compile stage's folder) and ``checkpoint`` (the load stage's). A quantized
+checkpoint's integers (passes.load.quantized) go into MatMulNBits unchanged
+(passes.lib.checkpoint_ints). ``quantize.weights: null`` with a float checkpoint hands the
+program on as it is (a tree of links: nothing is copied). ``int8`` / ``int4``: onnxruntime's
+own weight-only quantizer (``MatMulNBitsQuantizer``: round-to-nearest, symmetric or not, or
+HQQ) turns every other MatMul with a constant weight into MatMulNBits, in blocks of
+``quantize.block_size`` along the reduction axis, computed at ``quantize.accuracy_level`` (4:
+int8 activations, the fast path); MatMuls whose node or weight name matches a
+``quantize.exclude`` pattern (fnmatch, e.g. ``*lm_head*``) stay float. A head tied to the
+embedding stays tied: the embedding gathers its rows from the head's blocks
+(passes.targets.ort.tied), so the table is stored once. It runs on the compiled program, after
+the target's fusions (packed q/k/v, GroupQueryAttention), so changing it re-runs neither export
+nor compile; a scatter program's graphs share one quantized weights file. program.json records
+the settings (``build.quantize``): the target reads them as the package's numerics, and
+validation gates the package teacher-forced (passes.numerics.gate).
 """
 from __future__ import annotations
 
@@ -166,18 +170,19 @@ def _gemms_to_matmuls(model: Any) -> None:
     """Gemm(x, W, b) of constant W [K, N] and b [N] (no scaling, no transposes) -> MatMul(x, W) + b, same name."""
     import onnx_ir as ir
 
+    from passes.targets.ort import tied
+
     for node in list(model.graph):
         if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 3:
             continue
         x, w, b = node.inputs
-        plain = all(_attribute(node, a, d) == d for a, d in (("alpha", 1.0), ("beta", 1.0), ("transA", 0), ("transB", 0)))
+        a = node.attributes
+        plain = (a.get_float("alpha", 1.0) == a.get_float("beta", 1.0) == 1.0
+                 and a.get_int("transA", 0) == a.get_int("transB", 0) == 0)
         if not plain or w.const_value is None or b is None or b.const_value is None or len(b.const_value.shape) != 1:
             continue
         matmul = ir.node("MatMul", [x, w], name=node.name)
-        add = ir.node("Add", [matmul.outputs[0], b], name=f"{node.name}_bias")
-        model.graph.insert_before(node, [matmul, add])
-        node.outputs[0].replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
-        model.graph.remove(node, safe=True)
+        tied.replace(model, node, matmul, ir.node("Add", [matmul.outputs[0], b], name=f"{node.name}_bias"))
 
 
 def _biases_inside(model: Any) -> None:
@@ -199,11 +204,6 @@ def _biases_inside(model: Any) -> None:
         add.outputs[0].replace_all_uses_with(node.outputs[0], replace_graph_outputs=True)
         model.graph.remove(add, safe=True)
         node.outputs[0].name = name
-
-
-def _attribute(node: Any, name: str, default: Any) -> Any:
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def _excluded(node: Any, patterns: Any) -> bool:

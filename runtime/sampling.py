@@ -20,7 +20,7 @@ class SamplingError(ValueError):
 
     def __init__(self, key: str, problem: str):
         super().__init__(f"sampling.{key}: {problem}")
-        self.key = key
+        self.key, self.problem = key, problem
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def test_the_float_model_is_what_transformers_reads_from_the_checkpoint(built_st
     from passes.load.quantized import read
 
     write_checkpoint(_float_checkpoint(built_store), tmp_path / "ckpt", "compressed-tensors", 4)
-    floats, linears, _ = read(tmp_path / "ckpt")
+    floats, linears = read(tmp_path / "ckpt")
     theirs = AutoModelForCausalLM.from_pretrained(  # decompressed to float, as it runs it on a CPU
         tmp_path / "ckpt", dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)).state_dict()
     name = "model.layers.0.self_attn.q_proj.weight"

@@ -39,27 +39,28 @@ def substitute(model: Any, linears: Mapping[str, Mapping[str, Any]], accuracy_le
             continue
         _replace(model, node, [linears[m] for m in parts], accuracy_level)
         done += len(parts)
+    for value in list(model.graph.initializers.values()):  # the float weights replaced
+        if not value.uses() and not value.is_graph_output():
+            del model.graph.initializers[value.name]
     return done
 
 
 def dequantize(linear: Mapping[str, Any]) -> Any:
-    """float32 [n, k]: what MatMulNBits computes from the blocks, scales and zero points."""
+    """float32 [n, k]: what MatMulNBits computes from the blocks, scales and zero points (the load stage's
+    float weights, by the same formula: passes.load.quantized.Linear.dequantized)."""
     import numpy as np
 
-    blocks, bits, block = linear["blocks"], linear["bits"], linear["block_size"]
+    from passes.load.quantized import Linear
+
+    blocks, bits, k = linear["blocks"], linear["bits"], linear["k"]
     n, kb = blocks.shape[:2]
-    ints = blocks.reshape(n, -1)
-    if bits == 4:
-        ints = np.stack([ints & 0xF, ints >> 4], axis=-1).reshape(n, -1)
-    zeros = linear["zeros"]
-    if zeros is None:
-        zero = np.float32(1 << (bits - 1))
-    else:
-        if bits == 4:
-            zeros = np.stack([zeros & 0xF, zeros >> 4], axis=-1).reshape(n, -1)
-        zero = np.repeat(zeros[:, :kb].astype(np.float32), block, 1)
-    scales = np.repeat(linear["scales"].reshape(n, kb), block, 1)
-    return ((ints.astype(np.float32) - zero) * scales)[:, :linear["k"]]
+
+    def unpacked(packed: Any) -> Any:  # two 4-bit values a byte, the first in the low nibble
+        return packed if bits == 8 else np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1)
+
+    zeros = None if linear["zeros"] is None else unpacked(linear["zeros"])[:, :kb]
+    return Linear(unpacked(blocks.reshape(n, -1))[:, :k], linear["scales"].reshape(n, kb), zeros, bits,
+                  linear["block_size"]).dequantized()
 
 
 def _replace(model: Any, node: Any, parts: list[Mapping[str, Any]], accuracy_level: int) -> None:
@@ -87,15 +88,8 @@ def _replace(model: Any, node: Any, parts: list[Mapping[str, Any]], accuracy_lev
     nbits = ir.node("MatMulNBits", inputs, domain="com.microsoft", name=f"{node.name}_from_checkpoint",
                     attributes={"K": parts[0]["k"], "N": n, "bits": bits, "block_size": block,
                                 "accuracy_level": accuracy_level})
-    model.graph.insert_before(node, [nbits])
-    name = node.outputs[0].name
-    node.outputs[0].replace_all_uses_with(nbits.outputs[0], replace_graph_outputs=True)
-    model.graph.remove(node, safe=True)
-    nbits.outputs[0].name = name
+    ir.convenience.replace_nodes_and_values(model.graph, node, [node], [nbits], [node.outputs[0]], [nbits.outputs[0]])
     model.opset_imports.setdefault("com.microsoft", 1)
-    for value in list(model.graph.initializers.values()):
-        if not value.uses() and not value.is_graph_output():
-            del model.graph.initializers[value.name]
 
 
 def _digest(row: Any) -> str:

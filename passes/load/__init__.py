@@ -145,9 +145,10 @@ def check(params: LoadParams, facts: Any = None) -> None:
             raise UserError(f"model.path: {params.path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
                             f"allowed: a model folder that holds its tokenizer")
         qc = quantized.declared(folder)
-        why = None if qc is None else quantized.unreadable(qc) if isinstance(qc, Mapping) else "a quantization_config that is not a mapping"
-        if why:
-            raise UserError(f"model.path: {params.path!r} declares {why}")
+        if qc is not None:
+            why = quantized.unreadable(qc) if isinstance(qc, Mapping) else "a quantization_config that is not a mapping"
+            if why:
+                raise UserError(f"model.path: {params.path!r} declares {why}")
     if src == "gguf":
         if not params.path or not Path(params.path).is_file():
             raise UserError(f"model.path: {params.path!r} does not exist; allowed: a GGUF file (source=gguf)")

@@ -84,9 +84,8 @@ def unreadable(qc: dict[str, Any]) -> str | None:
             + f" cannot be read; allowed: {READABLE}")
 
 
-def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear], set[str]]:
-    """(float weights by parameter name, quantized Linears by module name, the checkpoint's tensor names
-    that were quantization parameters) of a quantized HF folder."""
+def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear]]:
+    """(float weights by parameter name, quantized Linears by module name) of a quantized HF folder."""
     import numpy as np
 
     qc = declared(folder) or {}
@@ -94,7 +93,7 @@ def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear], set[str]]:
     method = qc.get("quant_method")
     linears: dict[str, Linear] = {}
     floats: dict[str, Any] = {}
-    used: set[str] = set()
+    dropped: set[str] = set()  # GPTQ's all-zero biases of Linears that have none
     if method == "gptq":
         bits, group, v1 = qc["bits"], qc.get("group_size", -1), qc.get("checkpoint_format", "gptq") != "gptq_v2"
         for name in [n for n in tensors if n.endswith(".qweight")]:
@@ -110,8 +109,8 @@ def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear], set[str]]:
                 & ((1 << bits) - 1)
             linears[m] = Linear(np.ascontiguousarray(q.T), _f32(tensors[f"{m}.scales"]).T.copy(),
                                 zeros.T.astype(np.uint8).copy(), bits, g)
-            used |= {f"{m}.{p}" for p in ("qweight", "qzeros", "scales", "g_idx", "bias") if f"{m}.{p}" in tensors
-                     and (p != "bias" or not np.any(_f32(tensors[f"{m}.bias"])))}
+            if f"{m}.bias" in tensors and not np.any(_f32(tensors[f"{m}.bias"])):
+                dropped.add(f"{m}.bias")
     elif method == "awq":
         bits, group = qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size"))
         order = np.argsort(AWQ_ORDER)
@@ -121,7 +120,6 @@ def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear], set[str]]:
             zeros = _awq(_unpack(tensors[f"{m}.qzeros"], bits), order)
             linears[m] = Linear(np.ascontiguousarray(q.T), _f32(tensors[f"{m}.scales"]).T.copy(),
                                 np.ascontiguousarray(zeros.T), bits, group)
-            used |= {f"{m}.{p}" for p in ("qweight", "qzeros", "scales")}
     elif method == "compressed-tensors" and qc.get("format") == "pack-quantized":
         for name in [n for n in tensors if n.endswith(".weight_packed")]:
             m = name[: -len(".weight_packed")]
@@ -132,7 +130,6 @@ def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear], set[str]]:
             zp = tensors.get(f"{m}.weight_zero_point")
             zeros = None if zp is None else _unpack(np.asarray(zp).T, bits)[:, :n].T.copy()  # packed along N
             linears[m] = Linear(_unpack(words, bits)[:, :k], scales, zeros, bits, -(-k // scales.shape[1]))
-            used |= {f"{m}.{p}" for p in ("weight_packed", "weight_shape", "weight_scale", "weight_zero_point")}
     elif method == "compressed-tensors" and qc.get("format") == "float-quantized":
         import torch
 
@@ -140,13 +137,12 @@ def read(folder: Path) -> tuple[dict[str, Any], dict[str, Linear], set[str]]:
             m = name[: -len(".weight_scale")]
             w = tensors[f"{m}.weight"]
             floats[f"{m}.weight"] = w.to(torch.float32) * tensors[name].to(torch.float32)
-            used |= {f"{m}.weight", name}
     for m, linear in linears.items():
         floats[f"{m}.weight"] = linear.dequantized()
     for name, value in tensors.items():
-        if name not in used and name not in floats and not _is_quant_param(name):
+        if name not in dropped and name not in floats and not _is_quant_param(name):
             floats[name] = value
-    return floats, linears, used
+    return floats, linears
 
 
 def save(out: Path, linears: dict[str, Linear]) -> None:

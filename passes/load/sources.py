@@ -41,7 +41,7 @@ def from_quantized(folder: Path, dtype: Any) -> tuple[Any, dict[str, Any]]:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    floats, linears, _ = quantized.read(folder)
+    floats, linears = quantized.read(folder)
     state = {name: torch.as_tensor(value) for name, value in floats.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config.get_text_config(), "tie_word_embeddings", False) else set()

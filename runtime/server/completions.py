@@ -98,7 +98,7 @@ def _sampling(served: Any, body: Any) -> SamplingParams:
     try:
         params.check()
     except SamplingError as e:
-        raise ApiError(400, f"{e.key}: {str(e).split(': ', 1)[1]}", e.key) from None
+        raise ApiError(400, f"{e.key}: {e.problem}", e.key) from None
     return params
 
 

@@ -38,7 +38,7 @@ def tie_head(model: Any) -> int:
             continue
         head = ir.node("FusedMatMul", [node.inputs[0], table], attributes={"transB": 1, "alpha": 1.0},
                        domain=MSFT, name=node.name)
-        _replace(model, node, head)
+        replace(model, node, head)
         tied += 1
     if tied:
         model.opset_imports.setdefault(MSFT, 1)
@@ -52,9 +52,9 @@ def embedding_tables(model: Any) -> list[Any]:
     for node in model.graph:
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
             continue
-        data, axis = node.inputs[0], node.attributes.get("axis")
+        data = node.inputs[0]
         if (data is not None and data.const_value is not None and len(data.const_value.shape) == 2
-                and (axis is None or axis.as_int() == 0)):
+                and node.attributes.get_int("axis", 0) == 0):
             found[data.name] = data
     return list(found.values())
 
@@ -68,15 +68,16 @@ def untie(model: Any) -> dict[str, str]:
     heads: dict[str, str] = {}
     for node in list(model.graph):
         table = node.inputs[1] if node.op_type == "FusedMatMul" and len(node.inputs) > 1 else None
-        if table is None or table.name not in tables or _attr(node, "transB") != 1 or _attr(node, "transA") != 0 \
-                or _attr(node, "alpha", 1.0) != 1.0:
+        a = node.attributes
+        if table is None or table.name not in tables or a.get_int("transB", 0) != 1 or a.get_int("transA", 0) != 0 \
+                or a.get_float("alpha", 1.0) != 1.0:
             continue
         copy = ir.Value(name=f"{table.name}.T", const_value=ir.Tensor(table.const_value.numpy().T.copy(),
                                                                        name=f"{table.name}.T"))
         model.graph.register_initializer(copy)
         head = ir.node("MatMul", [node.inputs[0], copy], name=node.name)
         heads[node.outputs[0].name] = table.name
-        _replace(model, node, head)
+        replace(model, node, head)
     return heads
 
 
@@ -91,11 +92,11 @@ def share_quantized_table(model: Any, heads: dict[str, str]) -> int:
         head = producers[output]
         table = model.graph.initializers[table_name]
         if head.op_type != "MatMulNBits":  # kept float: tied again
-            _replace(model, head, ir.node("FusedMatMul", [head.inputs[0], table], domain=MSFT, name=head.name,
+            replace(model, head, ir.node("FusedMatMul", [head.inputs[0], table], domain=MSFT, name=head.name,
                                           attributes={"transB": 1, "alpha": 1.0}))
             continue
         for gather in [u.node for u in table.uses() if u.node.op_type == "Gather"]:
-            _replace(model, gather, *_quantized_gather(model, head, gather.inputs[1], gather.name or head.name))
+            replace(model, gather, *_quantized_gather(model, head, gather.inputs[1], gather.name or head.name))
         shared += 1
     _drop_unused_initializers(model)
     return shared
@@ -151,15 +152,8 @@ def _quantized_gather(model: Any, head: Any, ids: Any, prefix: str) -> list[Any]
     return nodes
 
 
-def _replace(model: Any, old: Any, *new: Any) -> None:
-    """Insert ``new`` before ``old``; the last new node's output takes over ``old``'s (and its name)."""
-    model.graph.insert_before(old, list(new))
-    out, name = new[-1].outputs[0], old.outputs[0].name
-    old.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
-    model.graph.remove(old, safe=True)
-    out.name = name
+def replace(model: Any, old: Any, *new: Any) -> None:
+    """``new`` in ``old``'s place: the last new node's output takes over ``old``'s (its uses, name and type)."""
+    import onnx_ir as ir
 
-
-def _attr(node: Any, name: str, default: Any = 0) -> Any:
-    a = node.attributes.get(name)
-    return default if a is None else a.value
+    ir.convenience.replace_nodes_and_values(model.graph, old, [old], list(new), [old.outputs[0]], [new[-1].outputs[0]])

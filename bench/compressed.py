@@ -9,7 +9,8 @@ own builder on the same HF folder (``-p fp32`` / ``-p int4 -e cpu``). Quality, e
 same footing: the teacher-forced gate of ``validate`` (passes/numerics/gate.py) over the first
 --eval-tokens of the gate's default text, in segments of the package's ctx_len - 1, against the
 same PyTorch fp32 reference; the packages run as the gate runs them (chunked prefill, then decode
-steps), genai's models score one full-sequence forward per segment at the same positions.
+steps), genai's models the same way (its cache carried from the chunked prefill through decode
+steps), at the same positions.
 Bytes: each model's ONNX graph and weights files (tokenizers excluded; embedding and lm_head
 included).
 """
@@ -46,7 +47,8 @@ def model_bytes(folder: str) -> int:
 
 
 class GenaiScorer:
-    """An onnxruntime-genai model's decoder as a full-sequence scorer: logits at every position, empty cache."""
+    """An onnxruntime-genai model's decoder driven as the gate drives a package: its cache carried from
+    chunked prefill of a segment's first half through one-token decode steps, logits at the same positions."""
 
     def __init__(self, folder: str, threads: int):
         import json
@@ -59,26 +61,32 @@ class GenaiScorer:
         self.kv_heads, self.head_size = config["num_key_value_heads"], config["head_size"]
         self.session = ort.InferenceSession(str(Path(folder) / config["filename"]), options,
                                             providers=["CPUExecutionProvider"])
+        self.pasts = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
+        self.outputs = ["logits"] + [p.name.replace("past_key_values", "present") for p in self.pasts]
+        known = {"input_ids", "attention_mask", *(p.name for p in self.pasts)}
+        if unknown := [i.name for i in self.session.get_inputs() if i.name not in known]:
+            raise SystemExit(f"bench: genai inputs {unknown} are not known to this scorer")
 
-    def logits(self, segment: list[int]):
+    def logits(self, segment: list[int], chunk: int):
+        """Logits [n, vocab] at ``gate.scored_positions(len(segment), chunk)``."""
         import numpy as np
 
-        n = len(segment)
-        feeds = {}
-        for i in self.session.get_inputs():
-            if i.name == "input_ids":
-                feeds[i.name] = np.asarray([segment], dtype=np.int64)
-            elif i.name == "attention_mask":
-                feeds[i.name] = np.ones((1, n), dtype=np.int64)
-            elif i.name == "position_ids":
-                feeds[i.name] = np.arange(n, dtype=np.int64)[None, :]
-            elif i.name.startswith("past_key_values"):
-                dtype = np.float16 if "float16" in i.type else np.float32
-                feeds[i.name] = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=dtype)
-            else:
-                raise SystemExit(f"bench: genai input {i.name} is not known to this scorer")
-        out = self.session.run(["logits"], feeds)[0]
-        return out[0].astype(np.float32)
+        from passes.numerics import gate
+
+        half = gate.prefill_length(len(segment), chunk)
+        parts = [segment[first:min(first + chunk, half)] for first in range(0, half, chunk)]
+        parts += [[token] for token in segment[half:len(segment) - 1]]
+        cache = {p.name: np.zeros((1, self.kv_heads, 0, self.head_size),
+                                  dtype=np.float16 if "float16" in p.type else np.float32) for p in self.pasts}
+        done, rows = 0, []
+        for part in parts:
+            done += len(part)
+            feeds = {"input_ids": np.asarray([part], dtype=np.int64),
+                     "attention_mask": np.ones((1, done), dtype=np.int64), **cache}
+            logits, *present = self.session.run(self.outputs, feeds)
+            rows.append(logits[0, -1].astype(np.float32))
+            cache = {p.name: v for p, v in zip(self.pasts, present)}
+        return np.stack(rows)
 
 
 def quality(packages: dict[str, str], genai: dict[str, str], folder: str, tokens: int, threads: int) -> dict[str, dict]:
@@ -108,7 +116,7 @@ def quality(packages: dict[str, str], genai: dict[str, str], folder: str, tokens
             assert list(got_positions) == list(positions)
             tallies[name].add(ref[positions], logits, targets)
         for name, scorer in scorers.items():
-            tallies[name].add(ref[positions], scorer.logits(segment)[positions], targets)
+            tallies[name].add(ref[positions], scorer.logits(segment, chunk), targets)
     return {name: t.result() for name, t in tallies.items()}
 
 

@@ -48,23 +48,42 @@ def read_texts(cfg: Any, keys: tuple[str | None, str, str]) -> list[str]:
         texts = list(cfg.get(many))
     else:
         texts = _texts_file(Path(cfg.get(file)), file)
-    if not texts or not all(isinstance(p, str) and p for p in texts):
-        raise UserError(f"{given[0]}: {texts!r} is not allowed; allowed: one or more non-empty strings")
+    bad = next((i for i, p in enumerate(texts) if not (isinstance(p, str) and p)), None) if texts else 0
+    if bad is not None:
+        what = "[]" if not texts else f"entry {bad}, {_shown(texts[bad])},"
+        raise UserError(f"{given[0]}: {what} is not allowed; allowed: one or more non-empty strings")
     return texts
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value's repr cut to ``limit`` characters (an error line stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _texts_file(path: Path, key: str) -> list[str]:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{key}: {str(path)!r} cannot be read ({e.strerror}); allowed: a readable text or .json file") from None
+    allowed = "a .json list of strings" if path.suffix == ".json" else "UTF-8 text, one prompt a line"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{key}: {str(path)!r} is not UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); "
+                        f"allowed: {allowed}") from None
+    if "\0" in text:
+        raise UserError(f"{key}: {str(path)!r} holds a NUL byte at offset {data.index(0)} (a binary file?); "
+                        f"allowed: {allowed}")
     if path.suffix == ".json":
         try:
             texts = json.loads(text)
         except ValueError as e:
-            raise UserError(f"{key}: {str(path)!r} is not valid JSON ({e}); allowed: a .json list of strings") from None
+            raise UserError(f"{key}: {str(path)!r} is not valid JSON ({e}); allowed: {allowed}") from None
+        except RecursionError:
+            raise UserError(f"{key}: {str(path)!r} nests too deeply; allowed: {allowed}") from None
         if not isinstance(texts, list):
-            raise UserError(f"{key}: {str(path)!r} holds a {type(texts).__name__}; allowed: a .json list of strings")
+            raise UserError(f"{key}: {str(path)!r} holds a {type(texts).__name__}; allowed: {allowed}")
         return texts
     return [line for line in text.splitlines() if line.strip()]
 
@@ -153,8 +172,9 @@ def generate_with(cfg: Any, package: Path, prompts: list[str], sampling: Any, dr
         slot = adapters.slot_of(getattr(session, "adapters", {}), cfg.adapter)
         proposer = make_proposer(cfg, session, draft_session)
         k = OmegaConf.to_container(cfg.spd, resolve=True)["num_speculative_tokens"] if proposer else None
+        key = next((k for k in ("prompt", "prompts", "prompts_file") if cfg.get(k) is not None), "prompts")
         info = generate_texts(session, tokenizer, package, prompts, generation_len, cfg.chat, sampling, on_token,
-                              proposer, k, cfg.model.name, slot)
+                              proposer, k, cfg.model.name, slot, key)
     except ValueError as e:  # a prompt that does not fit, a chat template the model lacks
         raise UserError(str(e)) from None
     if cfg.stream:

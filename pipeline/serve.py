@@ -12,11 +12,15 @@ pipeline``: 0 (stopped by Ctrl-C or SIGTERM), 1 a stage failed or the server cou
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
+import uvicorn
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
@@ -26,6 +30,31 @@ from pipeline.pass_api import UserError
 
 CONFIG = "serve"
 register(CONFIG)
+
+
+class StoppableServer(uvicorn.Server):
+    """uvicorn's server, except that the signal which stopped it is not raised again once it has
+    stopped (uvicorn does, so the process would die by it, with a traceback for SIGINT): a stop
+    asked for by SIGTERM or Ctrl-C ends the job normally, its summary written, exit 0."""
+
+    stopped_by: str | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(sig: int, frame: Any) -> None:
+            self.stopped_by = self.stopped_by or signal.Signals(sig).name
+            self.handle_exit(sig, frame)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _say(line: str) -> None:
@@ -76,18 +105,18 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         return finish_job(run_dir, 2, {"error": str(exc)}, str(exc))
     except RuntimeError as exc:
         return finish_job(run_dir, 1, exc.args[0], None)
-    import uvicorn
-
     from runtime.server.app import create_app
 
     host = cfg.serve.host
+    loaded: list[Any] = []
 
     def ready(served: Any) -> None:
+        loaded.append(served)
         _say(f"serving {name!r} ({served.kind}, {served.slots} slots) from {package} on http://{host}:{port}/v1")
 
     app = create_app(package, name, sampling, on_ready=ready, verify=verify)
     # requests still running at SIGTERM/Ctrl-C get 5 s, then the server stops anyway
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
+    server = StoppableServer(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind the port
@@ -96,7 +125,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if not server.started:
         message = f"serve: the server did not start on {host}:{port} (see the lines above)"
         return finish_job(run_dir, 1, {**summary, "error": message}, message)
-    return finish_job(run_dir, 0, summary, None)
+    served = loaded[0].stats() if loaded else {}
+    if served:
+        requests = served["requests"]
+        _say(f"stopped{' by ' + server.stopped_by if server.stopped_by else ''}: served {sum(requests.values())} "
+             f"requests ({', '.join(f'{n} {k}' for k, n in requests.items())}), {served['completion_tokens']} tokens "
+             f"generated; summary: {run_dir / 'summary.json'}")
+    return finish_job(run_dir, 0, {**summary, "served": served, "stopped_by": server.stopped_by}, None)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ class Embedder:
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        from runtime.tokenizer import truncated_text
+
+        texts = [truncated_text(self.tokenizer, t, self.max_length) for t in texts]  # a huge text costs a small one's
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
     def embed(self, texts: Sequence[str]) -> EmbedRun:
         started = time.perf_counter()

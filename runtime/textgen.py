@@ -111,12 +111,16 @@ def generate_texts(session: Session, tokenizer: Any, package_dir: str | Path, pr
                    generation_len: int, chat: bool = False, sampling: SamplingParams = SamplingParams(),
                    on_token: Callable[[int, int], None] | None = None, proposer: Any = None,
                    num_speculative_tokens: Any = None, target_model_name: str | None = None,
-                   adapter: int = 0) -> ExecInfo:
+                   adapter: int = 0, key: str = "prompts") -> ExecInfo:
     """Tokenize, schedule, detokenize: the ExecInfo of one run over every prompt.
 
     ``proposer`` (runtime.speculative): speculative decoding with up to ``num_speculative_tokens``
-    (K, or a list: its largest) proposals a step. ``adapter``: the LoRA slot of every prompt."""
+    (K, or a list: its largest) proposals a step. ``adapter``: the LoRA slot of every prompt.
+    A prompt that cannot fit (told by its bytes before tokenization) is a ValueError naming ``key``."""
+    from runtime.tokenizer import check_texts
+
     sampling.check()
+    check_texts(tokenizer, prompts, session.program.ctx_len - 1, key)
     ids = encode(tokenizer, prompts, chat)
     if proposer is None:
         scheduler = Scheduler(session, eos_ids(tokenizer, package_dir), sampling, on_token)

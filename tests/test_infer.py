@@ -145,6 +145,35 @@ def test_bad_input_is_one_line_and_exit_2(store, overrides, expected):
         assert store_snapshot(store) == before
 
 
+HOSTILE_FILES = {  # name: (content, the error line's start after "prompts_file: '<path>' ")
+    "binary.txt": (bytes(range(256)) * 4, "is not UTF-8 (byte 0x80 at offset 128)"),
+    "nul.txt": (b"one\ntwo\x00three\n", "holds a NUL byte at offset 7 (a binary file?)"),
+    "latin1.json": ('["caf\u00e9"]'.encode("latin-1"), "is not UTF-8 (byte 0xe9 at offset 5)"),
+    "deep.json": (b"[" * 200_000 + b"]" * 200_000, "nests too deeply"),
+    "object.json": (b'{"prompt": "a"}', "holds a dict"),
+    "mixed.json": (b'["a", 7]', None),
+    "huge.txt": (b"word " * 10_000_000, None),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_FILES)
+def test_a_hostile_prompts_file_is_one_line_and_exit_2(store, tmp_path, name):
+    content, says = HOSTILE_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    r = infer(store, f"prompts_file={path}")
+    assert r.rc == 2 and "Traceback" not in r.err, r.err[-2000:]
+    [error] = [line for line in r.err.splitlines() if line.startswith("error: ")]
+    if name == "mixed.json":
+        assert error == "error: prompts_file: entry 1, 7, is not allowed; allowed: one or more non-empty strings"
+    elif name == "huge.txt":  # refused by its bytes, before tokenizing 50 MB
+        assert error.startswith("error: prompts_file: 50000000 bytes is not allowed; allowed: at most "), error
+    else:
+        assert error == f"error: prompts_file: {str(path)!r} {says}; allowed: " + (
+            "a .json list of strings" if name.endswith(".json") else "UTF-8 text, one prompt a line"), error
+    path.unlink()
+
+
 def test_the_same_runs_on_ai100_through_qaicrt(store):
     cpu = infer(store, prompts_arg(PROMPTS), f"generation_len={N}")
     device = infer(store, prompts_arg(PROMPTS), f"generation_len={N}", "hw=ai100_16c", f"hw.compiler={STANDIN_COMPILER}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -48,9 +49,14 @@ class Server:
 
         return OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def package(self) -> Path:
+        """The package folder the server printed it serves."""
+        line = next(line for line in self.log.read_text().splitlines() if line.startswith("serving "))
+        return Path(line.split(" from ", 1)[1].rsplit(" on http", 1)[0])
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +64,7 @@ def server(tmp_path_factory):
     store = tmp_path_factory.mktemp("serve") / "store"
     s = Server(store, "compile.ctx_len=128")
     yield s
-    s.stop()
+    assert s.stop() == 0, s.log.read_text()[-3000:]
 
 
 def complete(client, prompt: str = "My name is", **kw) -> str:
@@ -157,6 +163,24 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     assert "is a causal_lm package" in e.value.body["message"]
     r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body is not valid JSON")
+    chat = "/v1/chat/completions"
+    raw = [  # (route, body, param, message start): each used to be a 500, or to tokenize megabytes on the event loop
+        (chat, {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages.0.content",
+         "messages.0.content: [{'type': 'text', 'text': 5}] is not allowed; allowed: text parts whose text is a string"),
+        (chat, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages.0.content", "messages.0.content: [{'type': 'image_url'"),
+        (chat, {"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages", "messages: holds '\\ud800'"),
+        ("/v1/completions", {"prompt": "a\ud800b"}, "prompt", "prompt: holds '\\ud800' at character 1"),
+        ("/v1/completions", {"prompt": "word " * 400_000}, "prompt", "prompt: 2000000 bytes is not allowed; allowed: at most"),
+        ("/v1/completions", {"prompt": ["fine", "x" * 2_000_000]}, "prompt", "prompt[1]: 2000000 bytes is not allowed"),
+        ("/v1/completions", {"prompt": [7] * 100_000}, "prompt", "prompt: 100000 tokens is not allowed"),
+    ]
+    for route, body, param, start in raw:
+        r = httpx.post(server.url + route, content=json.dumps({"model": MODEL, **body}).encode(),  # \ud800 escaped
+                       headers={"content-type": "application/json"}, timeout=60)
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == param and error["message"].startswith(start), (body, error)
+        assert len(error["message"]) < 300
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert httpx.get(server.url + "/v1/nowhere").status_code == 404
@@ -192,6 +216,67 @@ def test_64_concurrent_clients_with_malformed_requests_among_them(server):
         else:
             assert status == 200 and text == want, (i, status, text)
     assert server.health()["running"] == 0 and complete(server.client(), "Hello there", max_tokens=8) == want
+
+
+def test_a_request_failing_inside_the_engine_fails_alone(server):
+    """Requests that get past every check and still fail in the engine (its sampling, its client) fail
+    alone: the others in flight, sharing decode steps with them, finish with their tokens of a run alone."""
+    import queue
+
+    from runtime.sampling import SamplingParams
+    from runtime.server.engine import Engine, Job
+    from runtime.sessions import open_session
+    from runtime.textgen import eos_ids
+    from runtime.tokenizer import load_tokenizer
+
+    package = server.package()
+    tokenizer = load_tokenizer(package)
+    engine = Engine(open_session(package), tokenizer, eos_ids(tokenizer, package))
+    prompt = tokenizer("My name is")["input_ids"]
+
+    def run(jobs: list[tuple[SamplingParams, bool]]) -> list[tuple[str, object]]:
+        events = [queue.Queue() for _ in jobs]
+
+        def emitter(i: int, breaks: bool):
+            def emit(kind, data):
+                if breaks and kind == "text":
+                    raise ConnectionError("the client's loop is gone")
+                events[i].put((kind, data))
+            return emit
+
+        for i, (sampling, breaks) in enumerate(jobs):  # straight into the inbox: past submit()'s checks
+            engine.inbox.put(Job(prompt, 40, emitter(i, breaks), sampling))
+        ends = []
+        for q in events:
+            while (event := q.get(timeout=120))[0] == "text":
+                pass
+            ends.append(event)
+        return ends
+
+    greedy, seeded = SamplingParams(), SamplingParams(temperature=0.8, seed=3)
+    alone = [run([(p, False)])[0][1]["ids"] for p in (greedy, seeded)]
+    ends = run([(greedy, False), (SamplingParams(temperature=5e-324), False), (seeded, False), (greedy, True)])
+    try:
+        assert [kind for kind, _ in ends] == ["done", "error", "done", "error"], ends
+        assert [ends[0][1]["ids"], ends[2][1]["ids"]] == alone
+        assert "ConnectionError" in ends[3][1]
+        assert engine.load() == {"running": 0, "waiting": 0} and engine.stats()["requests"]["failed"] == 2
+        assert run([(greedy, False)])[0][1]["ids"] == alone[0]  # and it goes on serving
+    finally:
+        engine.close()
+
+
+def test_signals_stop_the_server_with_exit_0_and_its_summary(server, tmp_path):
+    store = Path(server.package()).parents[1]  # <store>/trees/<digest>: the module's built store
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        s = Server(store, "compile.ctx_len=128", entry_log=tmp_path / f"serve-{sig.name}.log")
+        assert complete(s.client(), max_tokens=3)
+        assert s.stop(sig) == 0
+        log = s.log.read_text()
+        assert "Traceback" not in log and f"stopped by {sig.name}: served 1 requests (1 length, 0 failed)" in log, log[-2000:]
+        summary = json.loads((store.parent / f"serve-run-{s.port}" / "summary.json").read_text())
+        assert summary["exit_code"] == 0 and summary["stopped_by"] == sig.name
+        assert summary["served"]["requests"] == {"length": 1, "failed": 0} and summary["served"]["completion_tokens"] == 3
 
 
 def test_a_client_gone_mid_stream_frees_its_slot(server):
@@ -339,3 +424,35 @@ def test_lm_eval_scores_a_task_through_the_server(server, tmp_path):
             start = len(tokenizer(context)["input_ids"])
             expected = _torch_logprobs(checkpoint, whole)[start - 1:].sum()
             assert abs(float(resp[0][0]) - expected) < 1e-3, (context, continuation, resp, expected)
+
+
+def test_an_api_fuzz_from_the_openapi_schema_gets_no_server_error(server):
+    """schemathesis draws requests from the server's own OpenAPI schema, ones that fit it and ones that
+    break it (the model's name set on most bodies, so they reach generation): never a 5xx, the server alive."""
+    import random
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    pick = random.Random(0)
+    seen: dict[str, list[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)[:2 if len(operation.body) else 1]:
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+                      database=None)
+            def fuzz(case):
+                if isinstance(case.body, dict) and pick.random() < 0.8:
+                    case.body["model"] = MODEL
+                response = case.call(timeout=120)
+                seen.setdefault(f"{case.method} {case.path} {mode.value}", []).append(response.status_code)
+                assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
+
+            fuzz()
+    print({k: sorted(set(v)) for k, v in seen.items()})
+    assert {"POST /v1/completions positive", "POST /v1/chat/completions negative", "GET /health positive"} <= set(seen)
+    assert 200 in seen["POST /v1/completions positive"] and 200 in seen["POST /v1/chat/completions positive"], seen
+    assert server.health()["status"] == "ok" and complete(server.client(), max_tokens=4)

@@ -3,7 +3,9 @@
 ``create_app(package, model_name)`` loads the package when the server starts (so ``/health``
 answers 200 once it is loaded): a causal LM behind the engine (continuous batching over its
 slots), an embedding package behind an Embedder. Bad requests get the OpenAI error shape with a
-4xx status; a failure inside the engine fails only the requests it was running (500).
+4xx status naming the ``param``, checked before anything reaches the shared engine (prompts by
+their bytes before tokenization, which runs off the event loop); a request that still fails in
+the engine fails alone (500, or its stream ends with an error), the others go on.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class Served:
             self.embedder = Embedder(package, verify=verify)
             self.embed_lock = threading.Lock()
             self.slots = self.embedder.batch_size
+            self.embedded = self.texts = 0
         else:
             from runtime.server.engine import Engine
             from runtime.sessions import open_session
@@ -50,6 +53,11 @@ class Served:
             self.tokenizer = load_tokenizer(package)
             self.engine = Engine(open_session(package, verify=verify), self.tokenizer, eos_ids(self.tokenizer, package))
             self.slots = len(self.engine.slots)
+
+    def stats(self) -> dict[str, Any]:
+        """What was served (the engine's counts; embeddings: requests and texts)."""
+        return self.engine.stats() if self.engine is not None else {"requests": {"embedded": self.embedded},
+                                                                     "texts": self.texts}
 
     def close(self) -> None:
         if self.engine is not None:
@@ -100,14 +108,20 @@ def _add_error_handlers(app: FastAPI) -> None:
             message, param = f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'invalid')})", None
         else:
             param = ".".join(where) or None
-            allowed = str(first.get("msg", "invalid")).replace("Input should be ", "")
-            message = f"{param or 'body'}: {first.get('input')!r} is not allowed; allowed: {allowed}"
+            allowed = str(first.get("msg", "invalid")).replace("Input should be ", "").replace("Value error, ", "")
+            message = f"{param or 'body'}: {_shown(first.get('input'))} is not allowed; allowed: {allowed}"
         return JSONResponse(ApiError(400, message, param).body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}").body(),
                             status_code=exc.status_code)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value's repr cut to ``limit`` characters: an error names what was sent without echoing megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _add_info_routes(app: FastAPI, current: Callable[[], Served]) -> None:
@@ -136,6 +150,12 @@ def _add_embeddings_route(app: FastAPI, served_for: Callable[[str, str], Served]
         if not texts or not all(isinstance(t, str) and t for t in texts):
             raise ApiError(400, "input: empty strings or lists are not allowed; allowed: a non-empty string or list of them",
                            "input")
+        from runtime.tokenizer import TextRefused, check_texts
+
+        try:
+            check_texts(served.embedder.tokenizer, texts, None, "input")
+        except TextRefused as e:
+            raise ApiError(400, str(e), "input") from None
         run = await asyncio.to_thread(_embed, served, texts)
         vectors = run.embeddings if body.dimensions is None else run.embeddings[:, :body.dimensions]
         data = [{"object": "embedding", "index": i,
@@ -147,4 +167,6 @@ def _add_embeddings_route(app: FastAPI, served_for: Callable[[str, str], Served]
 
 def _embed(served: Served, texts: list[str]) -> Any:
     with served.embed_lock:  # one tokenizer and session: one batch at a time
-        return served.embedder.embed(texts)
+        run = served.embedder.embed(texts)
+        served.embedded, served.texts = served.embedded + 1, served.texts + len(texts)
+        return run

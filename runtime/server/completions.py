@@ -26,27 +26,44 @@ def add_routes(app: FastAPI, served_for: Callable[[str, str], Any]) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
         served = served_for(body.model, "causal_lm")
-        ids, prompts = _prompt_ids(served, body.prompt)
-        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         if body.logprobs is not None and body.stream:
             raise ApiError(400, "logprobs: not allowed with stream=true; allowed: logprobs with stream=false", "logprobs")
+        ids, prompts = await asyncio.to_thread(_prompt_ids, served, body.prompt)  # tokenizing: off the event loop
+        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         return await _respond(served, body, ids, max_tokens, "prompt", chat=False,
                               echo=prompts if body.echo else None, logprobs=body.logprobs)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
         served = served_for(body.model, "causal_lm")
-        tokenizer = served.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
+        if not getattr(served.tokenizer, "chat_template", None):
             raise ApiError(400, f"model: {served.name!r} has no chat template; allowed: /v1/completions", "model")
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - the template refuses this conversation
-            raise ApiError(400, f"messages: the chat template refused them ({e})", "messages") from None
-        ids = [list(tokenizer(text, add_special_tokens=False)["input_ids"])]
+        ids = await asyncio.to_thread(_chat_ids, served, body)
         max_tokens = body.max_completion_tokens or body.max_tokens or served.engine.ctx_len
         return await _respond(served, body, ids, max_tokens, "messages", chat=True)
+
+
+def _checked(served: Any, texts: list[str], param: str) -> None:
+    """Texts that cannot fit (told by their bytes) or are not valid Unicode: 400 before any tokenization."""
+    from runtime.tokenizer import TextRefused, check_texts
+
+    try:
+        check_texts(served.tokenizer, texts, served.engine.ctx_len - 1, param)
+    except TextRefused as e:
+        code = None if "Unicode" in e.problem else "context_length_exceeded"
+        raise ApiError(400, str(e), param, code) from None
+
+
+def _chat_ids(served: Any, body: ChatRequest) -> list[list[int]]:
+    """The conversation through the chat template, tokenized."""
+    tokenizer = served.tokenizer
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    _checked(served, ["".join(m["content"] for m in messages)], "messages")
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - the template refuses this conversation
+        raise ApiError(400, f"messages: the chat template refused them ({e})", "messages") from None
+    return [list(tokenizer(text, add_special_tokens=False)["input_ids"])]
 
 
 def _prompt_ids(served: Any, prompt: Any) -> tuple[list[list[int]], list[str]]:
@@ -59,13 +76,24 @@ def _prompt_ids(served: Any, prompt: Any) -> tuple[list[list[int]], list[str]]:
     if isinstance(prompt[0], int):
         prompt = [prompt]
     if isinstance(prompt[0], str):
+        _checked(served, prompt, "prompt")
         return [list(served.tokenizer(p)["input_ids"]) for p in prompt], list(prompt)
     vocab = served.engine.session.program.signature.dims["vocab_size"]
     for p in prompt:
+        _fits(served, p, "prompt")  # before decoding it for echo
         bad = next((t for t in p if not 0 <= t < vocab), None)
         if bad is not None:
             raise ApiError(400, f"prompt: token id {bad} is not allowed; allowed: 0..{vocab - 1}", "prompt")
     return [list(p) for p in prompt], [served.tokenizer.decode(p) for p in prompt]
+
+
+def _fits(served: Any, ids: list[int], param: str) -> None:
+    limit = served.engine.ctx_len - 1
+    if len(ids) > limit:
+        raise ApiError(400, f"{param}: {len(ids)} tokens is not allowed; allowed: at most {limit} tokens (the package's "
+                       f"ctx_len {served.engine.ctx_len} - 1)", param, "context_length_exceeded")
+    if not ids:
+        raise ApiError(400, f"{param}: empty after tokenization is not allowed; allowed: at least one token", param)
 
 
 def _logprobs(tokenizer: Any, prompt_ids: list[int], done: dict[str, Any], echo: bool) -> dict[str, Any]:
@@ -106,13 +134,8 @@ async def _respond(served: Any, body: Any, ids: list[list[int]], max_tokens: int
                    echo: list[str] | None = None, logprobs: int | None = None) -> Any:
     from runtime.server.engine import Job
 
-    limit = served.engine.ctx_len - 1
     for p in ids:
-        if len(p) > limit:
-            raise ApiError(400, f"{param}: {len(p)} tokens is not allowed; allowed: at most {limit} tokens (the package's "
-                           f"ctx_len {served.engine.ctx_len} - 1)", param, "context_length_exceeded")
-        if not p:
-            raise ApiError(400, f"{param}: empty after tokenization is not allowed; allowed: at least one token", param)
+        _fits(served, p, param)
     if chat and body.logprobs:
         raise ApiError(400, f"logprobs: {body.logprobs!r} is not allowed; allowed: null or false (log-probabilities: "
                        "/v1/completions)", "logprobs")

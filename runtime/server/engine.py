@@ -7,7 +7,9 @@ with ``full_batch_size`` has that many slots (rows addressed by batch_index); an
 writes nothing). Every decode step has the same shape whatever the occupancy, so a request
 gets the same tokens alone or among others. Each request has its own sampling (seeded by its
 seed alone), stop strings and limit; a cancelled one (a client gone) frees its slot at the
-next step. Events go to the request's ``emit`` from the engine thread.
+next step. Events go to the request's ``emit`` from the engine thread. A request whose prefill,
+sampling, text or client fails ends alone with an error, its slot freed; a failed decode step
+(the one run every slot shares) fails the requests it ran.
 
 Log-probabilities (``Job.logprobs``: how many alternatives per position): of each token chosen,
 and with ``score_prompt`` of the prompt's tokens too (what a harness scores text by, e.g.
@@ -22,7 +24,7 @@ import itertools
 import queue
 import threading
 import traceback
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -76,6 +78,9 @@ class Engine:
         self.inbox: queue.Queue[Job | None] = queue.Queue()
         self.waiting: deque[Job] = deque()
         self.decode_steps = 0  # decode calls run so far (each advances every occupied slot)
+        self.finished: Counter[str] = Counter()  # requests ended, by finish reason
+        self.failed = 0
+        self.tokens = {"prompt": 0, "completion": 0}
         self._state: dict[int, tuple[Sampler, TextTracker]] = {}
         self._kv = session.new_kv()
         self._admitting: Job | None = None  # the job being prefilled (in no slot yet)
@@ -103,6 +108,11 @@ class Engine:
         return {"running": sum(j is not None for j in self.slots) + (self._admitting is not None),
                 "waiting": len(self.waiting) + self.inbox.qsize()}
 
+    def stats(self) -> dict[str, Any]:
+        """What the engine served: requests by how they ended, tokens, decode steps."""
+        return {"requests": {**self.finished, "failed": self.failed}, "prompt_tokens": self.tokens["prompt"],
+                "completion_tokens": self.tokens["completion"], "decode_steps": self.decode_steps}
+
     def close(self) -> None:
         self.inbox.put(None)
         self._thread.join(timeout=10)
@@ -116,13 +126,11 @@ class Engine:
                 self._admit()
                 if any(self.slots):
                     self._decode()
-            except Exception as exc:  # noqa: BLE001 - fail the running requests, keep serving
-                message = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a decode step failed: the requests it ran fail, serving goes on
                 traceback.print_exc()
-                for job in {*filter(None, self.slots), *filter(None, [self._admitting])}:
-                    self._fail(job, message)
+                for job in filter(None, self.slots):
+                    self._fail(job, f"{type(exc).__name__}: {exc}")
                 self.slots = [None] * len(self.slots)
-                self._admitting = None
                 self._kv = self.session.new_kv()
 
     def _take(self, block: bool) -> bool:
@@ -145,26 +153,34 @@ class Engine:
                 job = self._admitting = self.waiting.popleft()
                 if job.cancelled:
                     continue
-                self._state[job.id] = (Sampler(job.sampling, 0), TextTracker(self.tokenizer, job.stop))
-                if self.scheduler.continuous:
-                    rows: list[Request | None] = [job.request()]
-                    batch_index = np.array([[s]], dtype=np.int64)
-                else:
-                    rows = [job.request() if r == s else None for r in range(len(self.slots))]
-                    batch_index = None
-                logits = self.scheduler.prefill_rows(rows, self._kv, batch_index)[fmt.LOGITS]
-                row = logits[0 if batch_index is not None else s]
-                if job.forcing:  # the first prompt token went in: score the second, feed the rest a step each
-                    job.fed = 1
-                    self._score(job, row, job.prompt_ids[1])
-                    going = True
-                else:
-                    job.fed = len(job.prompt_ids)
-                    going = self._choose(job, row)
+                try:
+                    going = self._prefill(job, s)
+                except Exception as exc:  # noqa: BLE001 - its prefill wrote only its own row: it alone fails
+                    traceback.print_exc()
+                    self._fail(job, f"{type(exc).__name__}: {exc}")
+                    going = False
                 self._admitting = None
                 if going:
                     self.slots[s] = job
                     break
+
+    def _prefill(self, job: Job, s: int) -> bool:
+        """The job's prompt into KV row ``s`` and its first token; True while it goes on."""
+        self._state[job.id] = (Sampler(job.sampling, 0), TextTracker(self.tokenizer, job.stop))
+        if self.scheduler.continuous:
+            rows: list[Request | None] = [job.request()]
+            batch_index = np.array([[s]], dtype=np.int64)
+        else:
+            rows = [job.request() if r == s else None for r in range(len(self.slots))]
+            batch_index = None
+        logits = self.scheduler.prefill_rows(rows, self._kv, batch_index)[fmt.LOGITS]
+        row = logits[0 if batch_index is not None else s]
+        if job.forcing:  # the first prompt token went in: score the second, feed the rest a step each
+            job.fed = 1
+            self._score(job, row, job.prompt_ids[1])
+            return True
+        job.fed = len(job.prompt_ids)
+        return self._choose(job, row)
 
     def _decode(self) -> None:
         for s, job in enumerate(self.slots):
@@ -185,13 +201,25 @@ class Engine:
                       adapter_slots([j.request() if j else None for j in self.slots]))
         self.decode_steps += 1
         for s, job in enumerate(self.slots):
-            if job is not None and job.forcing:
-                job.fed += 1
-                if job.fed < len(job.prompt_ids):
-                    self._score(job, logits[s, -1], job.prompt_ids[job.fed])
-                    continue
-            if job is not None and not self._choose(job, logits[s, -1]):
+            if job is None:
+                continue
+            try:
+                going = self._advance(job, logits[s, -1])
+            except Exception as exc:  # noqa: BLE001 - this row's sampling or text failed: it alone fails
+                traceback.print_exc()
+                self._fail(job, f"{type(exc).__name__}: {exc}")
+                going = False
+            if not going:
                 self.slots[s] = None
+
+    def _advance(self, job: Job, logits: np.ndarray) -> bool:
+        """A decode step's logits for the job's row: the next prompt token scored, or its next token; True while it goes on."""
+        if job.forcing:
+            job.fed += 1
+            if job.fed < len(job.prompt_ids):
+                self._score(job, logits, job.prompt_ids[job.fed])
+                return True
+        return self._choose(job, logits)
 
     def _choose(self, job: Job, logits: np.ndarray) -> bool:
         """Take the next token; True while the job goes on."""
@@ -216,6 +244,9 @@ class Engine:
 
     def _finish(self, job: Job, reason: str) -> None:
         _, text = self._state.pop(job.id)
+        self.finished[reason] += 1
+        self.tokens["prompt"] += len(job.prompt_ids)
+        self.tokens["completion"] += len(job.ids)
         piece = text.finish(job.ids)
         if piece:
             job.emit("text", piece)
@@ -236,4 +267,8 @@ class Engine:
 
     def _fail(self, job: Job, message: str) -> None:
         self._state.pop(job.id, None)
-        job.emit("error", message)
+        self.failed += 1
+        try:
+            job.emit("error", message)
+        except Exception:  # noqa: BLE001 - its client is gone (its event loop closed): nothing to tell
+            pass

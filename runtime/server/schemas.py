@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ApiError(Exception):
@@ -51,11 +51,26 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Union[str, List[dict], None] = None
+    content: Any = None  # a string, null, or a list of text parts {"type": "text", "text": "..."}
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, content: Any) -> Any:
+        if content is None or isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise ValueError("a string, null or a list of text parts")
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"text parts ({{'type': 'text', 'text': ...}}); part {i} is {kind!r}")
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"text parts whose text is a string; part {i}'s is {type(part.get('text')).__name__}")
+        return content
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p["text"] for p in self.content)
         return self.content or ""
 
 

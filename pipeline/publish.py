@@ -1,7 +1,8 @@
 """``python -m pipeline.publish <build overrides> to=<URL> [name=...]``: build (validated) or reuse a package, publish it.
 
 ``python -m pipeline.publish --list <URL>`` prints what is published at URL, one package a line:
-name (what ``python -m pipeline.fetch <URL>/<name> <dir>`` takes), model, target, key, created, size.
+name (what ``python -m pipeline.fetch <URL>/<name> <dir>`` takes), model, target, key, created, size;
+an entry that fails the publication schema is skipped with one ``warning:`` line on stderr.
 
 The whole pipeline runs, validation included: only a package that passed is published. With
 it goes its provenance: the resolved config (without the store's and the destination's
@@ -141,7 +142,7 @@ def _version() -> str | None:
 
 
 def list_published(argv: list[str]) -> int:
-    """``--list <URL> [--option key=value ...]``: one line per package; exit 2 for a bad URL."""
+    """``--list <URL>``: a line per package, a warning per entry that is not a publication; exit 2 for a bad URL."""
     from pipeline.store.publications import list_line, listing
     from pipeline.store.remote import Remote, check_url, shown
 
@@ -150,13 +151,15 @@ def list_published(argv: list[str]) -> int:
         return 2
     try:
         remote = Remote(check_url("--list", argv[0]))
-        docs = listing(remote)
+        docs, skipped = listing(remote)
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: --list: {shown(argv[0])!r} cannot be read ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
+    for path, why in skipped:
+        print(f"warning: {path}: skipped: {' '.join(why.split())}", file=sys.stderr)
     for doc in docs:
         print(list_line(doc))
     return 0

@@ -12,6 +12,7 @@ and are never written anywhere: the URL is shown without any user or password in
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -19,13 +20,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.store.digests import hash_file, tree_digest
+from pipeline.store.digests import tree_digest
 from pipeline.store.files import EXEC_SUFFIX, content_digest, remove_tree
 from pipeline.store.local import Store
 from pipeline.store.records import ActionRecord
 
 BIG_BLOB = 64 << 20   # blobs from this size on show a progress bar
 RETRIES = 4           # transient errors: tries per transfer, with backoff
+CHUNK = 1 << 20       # a blob is read this much at a time
+MAX_JSON = 16 << 20   # a manifest read is refused past this size
 
 
 def check_url(key: str, url: Any) -> str:
@@ -86,17 +89,24 @@ class Remote:
         data = self._cat(self.record_path(key))
         return None if data is None else ActionRecord.parse(data, key)
 
-    def read_json(self, path: str) -> Any:
-        """A JSON object of the remote; None when absent or unreadable."""
-        data = self._cat(path)
+    def read_json(self, path: str, limit: int = MAX_JSON) -> Any:
+        """A JSON document of the remote; None when absent; ValueError ``not JSON (why)`` when it is not
+        JSON or more than ``limit`` bytes (a hostile remote's endless file is not read whole)."""
+        data = self._cat(path, end=limit + 1)
+        if data is not None and len(data) > limit:
+            raise ValueError(f"not JSON of at most {limit} bytes")
         try:
             return None if data is None else json.loads(data)
-        except ValueError:
-            return None
+        except ValueError as e:
+            raise ValueError(f"not JSON ({e})") from None
 
-    def _cat(self, path: str) -> bytes | None:
+    def relative(self, path: str) -> str:
+        """``path`` as shown to a user: inside the remote."""
+        return path.removeprefix(self.base + "/")
+
+    def _cat(self, path: str, end: int | None = None) -> bytes | None:
         try:
-            return _retry(lambda: self.fs.cat_file(path))
+            return _retry(lambda: self.fs.cat_file(path, end=end))
         except FileNotFoundError:
             return None
 
@@ -123,15 +133,39 @@ class Remote:
         self.pulled_bytes += size
 
     def get_blob(self, file_id: str, size: int, dest: Path) -> None:
-        """One blob to ``dest``, its sha256 and size checked (RuntimeError on a mismatch), executable if marked."""
-        _retry(lambda: self.fs.get_file(self.blob_path(file_id), str(dest),
-                                        callback=_progress(size, f"pull {file_id[:12]}")))
-        digest = hash_file(dest)
-        if digest != content_digest(file_id) or dest.stat().st_size != size:
-            raise RuntimeError(f"blob {file_id[:16]}… from {self} has sha256 {digest[:16]}… and {dest.stat().st_size} "
-                               f"bytes, not the {size} bytes of sha256 {content_digest(file_id)[:16]}… expected: refused")
+        """One blob to ``dest``, its sha256 and size checked (RuntimeError on a mismatch), executable if marked.
+        ``size`` is a hard limit: reading stops as soon as the blob proves longer, before writing it."""
+        try:
+            got, digest = _retry(lambda: self._copy(self.blob_path(file_id), size, dest,
+                                                    _progress(size, f"pull {file_id[:12]}")))
+            expected = content_digest(file_id)
+            if digest != expected or got != size:
+                raise RuntimeError(f"blob {file_id[:16]}… from {self} has sha256 {digest[:16]}… and {got} bytes, "
+                                   f"not the {size} bytes of sha256 {expected[:16]}… expected: refused")
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
         if file_id.endswith(EXEC_SUFFIX):
             dest.chmod(0o755)
+
+    def _copy(self, path: str, size: int, dest: Path, progress: Any) -> tuple[int, str]:
+        """At most ``size`` bytes of ``path`` to ``dest``, hashed on the way: (bytes, sha256); RuntimeError past it."""
+        digest, got = hashlib.sha256(), 0
+        progress.set_size(size)
+        try:
+            with self.fs.open(path, "rb", block_size=CHUNK) as src, open(dest, "wb") as out:
+                # one byte past the size is asked for: it is how a longer blob shows
+                while chunk := src.read(min(CHUNK, size + 1 - got)):
+                    got += len(chunk)
+                    if got > size:
+                        raise RuntimeError(f"blob {Path(path).name[:16]}… from {self} is longer than the {size} "
+                                           "bytes expected: refused")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    progress.relative_update(len(chunk))
+        finally:
+            progress.close()
+        return got, digest.hexdigest()
 
     # ---- writing
     def push(self, rec: ActionRecord, store: Store) -> None:

@@ -52,10 +52,10 @@ class Client(HttpUser):
     def one(self):
         if random.random() < SHARE:
             name, body = random.choice(MALFORMED)
-            TALLY["malformed"] += 1
             with self.client.post("/v1/completions" if "chat" not in name else "/v1/chat/completions",
                                   data=body.encode("utf-8", "surrogatepass"), name=f"malformed",
                                   headers={"content-type": "application/json"}, catch_response=True) as r:
+                TALLY["malformed"] += 1  # counted once answered: requests cut off by the end of the run are not
                 if 400 <= r.status_code < 500 and "error" in r.json():
                     TALLY["malformed_4xx"] += 1
                     r.success()
@@ -64,9 +64,9 @@ class Client(HttpUser):
                     r.failure(f"{name}: {r.status_code}")
             return
         prompt = random.choice(list(WANT))
-        TALLY["valid"] += 1
         with self.client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": %d,
                                                         "temperature": 0}, name="valid", catch_response=True) as r:
+            TALLY["valid"] += 1
             text = r.json()["choices"][0]["text"] if r.status_code == 200 else None
             if text == WANT[prompt]:
                 TALLY["valid_correct"] += 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.pass_api import REQUIRED, Needs, Output, cfg_field, find_target, register_pass
+from pipeline.pass_api import REQUIRED, Needs, Output, cfg_field, find_target, hook, register_pass
 
 # What a runtime needs from the checkpoint: configuration and tokenizer, never the weights.
 CHECKPOINT_FILES = (
@@ -67,6 +67,34 @@ def package(inputs: Mapping[str, Any], params: PackageParams, out: Path) -> dict
         config=config, versions={name: metadata.version(name) for name in VERSIONED}, files=fmt.file_entries(out))
     fmt.write_manifest(out, manifest)
     return {"files": len(manifest.files), "bytes": sum(f["bytes"] for f in manifest.files.values())}
+
+
+@hook("package", "owned")
+def external_data(out: Path) -> set[str]:
+    """The files the package's ONNX graphs keep their tensors in (external data): each is a file of
+    its own in the store, not a hard link to cas/, since the onnx library refuses external data
+    with several links (a "hard link attack")."""
+    import onnx
+
+    owned = set()
+    for graph in sorted(out.rglob("*.onnx")):
+        for tensor in _tensors(onnx.load(str(graph), load_external_data=False).graph):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = next(e.value for e in tensor.external_data if e.key == "location")
+                owned.add(str((graph.parent / location).relative_to(out)))
+    return owned
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
 
 
 def _write_adapters(out: Path, signature: Any, adapters: dict[str, str]) -> None:

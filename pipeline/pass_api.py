@@ -19,7 +19,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 from pipeline.target_api import (  # noqa: F401 - re-exported
     FLOAT16, FLOAT32, MXFP6, MXINT8, HwSchema, Numerics, Target, find_target, schema_default,
@@ -146,6 +147,7 @@ class PassSpec:
     resolve: Callable[[Any], Any] | None = None            # params -> params (e.g. hub rev -> commit)
     needs: Needs | Callable[[Any, Any], Needs] | None = None  # (params, facts) -> preconditions of running
     facts: Callable[[Any], Any] | None = None              # params -> facts about the model this stage loads
+    owned: Callable[[Path], Iterable[str]] | None = None   # its output dir -> files its tree holds as their own
 
     def materialized(self, params: Any) -> bool:
         m = self.materialize

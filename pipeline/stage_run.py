@@ -47,14 +47,16 @@ class StageRun:
                 value = stage.spec.fn(inputs, self.plan.params[stage.name], out)
             self._point(stage, "after_run")
             if materialized:
-                digest, files = self.store.ingest(out, lambda p: self._point(stage, p))
+                owned = tuple(sorted(stage.spec.owned(out))) if stage.spec.owned else ()
+                digest, files = self.store.ingest(out, lambda p: self._point(stage, p), owned)
                 result = value if isinstance(value, dict) else {}
             else:
-                digest, files, result = r.key, {}, {}
+                digest, files, result, owned = r.key, {}, {}, ()
             record = ActionRecord(
                 stage=stage.name, pass_name=stage.spec.name, role=stage.role, model=self.plan.models[stage.role],
                 key=r.key, ingredients=ingredients, digest=digest, materialized=materialized, files=files,
                 seconds=round(r.seconds, 3), peak_rss_bytes=r.peak_rss, created=now_iso(), result=result, why=r.why,
+                owned=owned,
             )
             self.store.records.write(record)  # last: a build without its record is a miss, never a partial hit
         except Exception as exc:  # noqa: BLE001 - any pass failure is reported, never cached

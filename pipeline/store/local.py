@@ -2,7 +2,8 @@
 
     <root>/ac/, <root>/index/   action records and the explain index (records.py)
     <root>/cas/<xx>/<digest>    immutable blobs (read-only files)
-    <root>/trees/<digest>/      materialized outputs, files hard-linked from cas/
+    <root>/trees/<digest>/      materialized outputs, files hard-linked from cas/ (a package's
+                                external data: files of their own, see writing.py)
     <root>/tmp/                 builds in progress (a crash leaves garbage here only)
     <root>/locks/<key>.lock     one builder per key
     <root>/local/               this machine's state (the digest memo); never needed elsewhere
@@ -77,7 +78,8 @@ class Store(TreeWriter, StoreLocks):
         """Set aside a damaged tree: the blobs of its damaged files leave cas/, so every record
         holding them (the stages that shared the bytes by hard link) misses and is rebuilt."""
         for rel in rels:
-            self.blob_path(rec.files[rel][0]).unlink(missing_ok=True)
+            if rel not in rec.owned:  # an owned file is a clone: its damage is its own, the blob is intact
+                self.blob_path(rec.files[rel][0]).unlink(missing_ok=True)
         remove_tree(self.tree_path(rec.digest))
 
     # ---- building

@@ -62,6 +62,7 @@ class ActionRecord:
     result: dict[str, Any]
     why: str | None
     version: int = VERSION
+    owned: tuple[str, ...] = ()  # files of the tree that are their own (one link; a reflink or copy), not cas/'s links
 
     @property
     def bytes(self) -> int:
@@ -71,6 +72,10 @@ class ActionRecord:
     def to_json(self) -> dict[str, Any]:
         d = {("pass" if f.name == "pass_name" else f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
         d["files"] = {rel: list(entry) for rel, entry in self.files.items()}
+        if self.owned:
+            d["owned"] = list(self.owned)
+        else:
+            d.pop("owned")  # written only where there are some: other records read as before
         return d
 
     def text(self) -> str:
@@ -85,7 +90,7 @@ class ActionRecord:
         version = d.get("version", 1)
         if type(version) is not int or version not in READS:
             raise RecordUnusable(f"version {version!r} is not one this engine reads ({', '.join(map(str, READS))})")
-        unknown = sorted(set(d) - set(FIELDS) - {"version"})
+        unknown = sorted(set(d) - set(FIELDS) - {"version", "owned"})
         if unknown:
             raise RecordUnusable(f"unknown fields {unknown}")
         for name, (types, what) in FIELDS.items():
@@ -99,8 +104,11 @@ class ActionRecord:
                     and entry[1] >= 0):
                 raise RecordUnusable(f"files entry {rel!r} is not [file id, size]")
             files[rel] = (entry[0], entry[1])
+        owned = d.get("owned", [])
+        if not (type(owned) is list and all(type(rel) is str and rel in files for rel in owned)):
+            raise RecordUnusable("field 'owned' is not a list of the record's files")
         plain = {name: d[name] for name in FIELDS if name not in ("pass", "files")}
-        return cls(pass_name=d["pass"], files=files, version=version, **plain)
+        return cls(pass_name=d["pass"], files=files, version=version, owned=tuple(owned), **plain)
 
     @classmethod
     def parse(cls, data: str | bytes, key: str) -> ActionRecord:

@@ -120,7 +120,7 @@ class Remote:
             for file_id, size in rec.files.values():
                 if not store.has_blob(file_id):
                     self._download(file_id, size, store)
-            store.place_tree(rec.digest, digests)
+            store.place_tree(rec.digest, digests, rec.owned)
         store.records.write(rec)
 
     def _download(self, file_id: str, size: int, store: Store) -> None:

@@ -2,7 +2,9 @@
 
 Build in tmp/, move or copy each file into cas/ (read-only, named by content), stage the tree of
 links in tmp/ and rename it into trees/: a tree that exists is complete. A file linked from
-elsewhere (an input tree) is copied, never moved.
+elsewhere (an input tree) is copied, never moved. A tree's ``owned`` files are not links but
+files of their own (one link: a reflink of the blob where the filesystem has them, else a
+copy): tools that refuse a file with several links (the onnx library's external data) open them.
 """
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from pipeline.store.digests import tree_digest, tree_files
-from pipeline.store.files import EXEC_SUFFIX, READ_EXECUTE, READ_ONLY_FILE, content_digest, remove_tree
+from pipeline.store.files import EXEC_SUFFIX, READ_EXECUTE, READ_ONLY_FILE, clone_file, content_digest, remove_tree
 
 
 class TreeWriter:
@@ -34,11 +36,12 @@ class TreeWriter:
         path.mkdir(parents=True)
         return path
 
-    def ingest(self, built: Path, point: Callable[[str], None] = lambda p: None) -> tuple[str, dict[str, tuple[str, int]]]:
+    def ingest(self, built: Path, point: Callable[[str], None] = lambda p: None,
+               owned: Collection[str] = ()) -> tuple[str, dict[str, tuple[str, int]]]:
         """Move a finished output dir into cas/ and trees/; return (tree digest, files).
 
         ``files``: {relative path: (file id, size)}. ``point`` is called at ``after_blobs`` and
-        ``after_tree`` (instruments: the test fault hook).
+        ``after_tree`` (instruments: the test fault hook). ``owned``: files the tree holds as its own.
         """
         rels = tree_files(built)
         digests = {}
@@ -50,7 +53,7 @@ class TreeWriter:
             digests[rel] = digest
         point("after_blobs")
         digest = tree_digest(digests)
-        tree = self.place_tree(digest, digests)
+        tree = self.place_tree(digest, digests, owned)
         point("after_tree")
         files = {rel: (d, os.stat(tree / rel).st_size) for rel, d in digests.items()}
         remove_tree(built)
@@ -67,14 +70,20 @@ class TreeWriter:
         """Move a file whose content digest is known (checked by the caller) into cas/."""
         self._put_blob(src, file_id)
 
-    def place_tree(self, digest: str, digests: dict[str, str]) -> Path:
-        """trees/<digest>/ holding these files, hard-linked from their blobs (which must be in cas/)."""
+    def place_tree(self, digest: str, digests: dict[str, str], owned: Collection[str] = ()) -> Path:
+        """trees/<digest>/ holding these files, hard-linked from their blobs (which must be in cas/),
+        the ``owned`` ones cloned from them instead."""
         tree = self.tree_path(digest)
-        if not self._tree_matches(tree, digests):
+        if not self._tree_matches(tree, digests, owned):
             staging = self.new_tmp(f"tree-{digest[:12]}")
             try:
                 for rel, d in digests.items():
                     (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    if rel in owned:
+                        clone_file(self.blob_path(d), staging / rel)
+                        os.chmod(staging / rel, READ_EXECUTE if d.endswith(EXEC_SUFFIX) else READ_ONLY_FILE)
+                        self.memo.note(staging / rel, content_digest(d))  # a clone of a checked blob
+                        continue
                     os.link(self.blob_path(d), staging / rel)
                     self.memo.note(self.blob_path(d), content_digest(d))  # checked by the caller; a new link moved its ctime
                 for dirpath, _dirs, _files in os.walk(staging, topdown=False):
@@ -89,7 +98,7 @@ class TreeWriter:
                 os.rename(staging, tree)
             except OSError:  # another builder put the same tree in place meanwhile
                 remove_tree(staging)
-                if not self._tree_matches(tree, digests):
+                if not self._tree_matches(tree, digests, owned):
                     raise
         return tree
 
@@ -117,15 +126,20 @@ class TreeWriter:
             os.replace(src, blob)
         self.memo.note(blob, content_digest(file_id))  # hashed by the caller; moved and chmod-ed since
 
-    def _tree_matches(self, tree: Path, digests: dict[str, str]) -> bool:
-        """The tree holds exactly these files, each the same file as its blob (hard links)."""
+    def _tree_matches(self, tree: Path, digests: dict[str, str], owned: Collection[str] = ()) -> bool:
+        """The tree holds exactly these files, each the same file as its blob (hard links), or,
+        for the owned ones, a file of its own with the blob's content."""
         if not tree.is_dir():
             return False
         try:
             if tree_files(tree) != sorted(digests):
                 return False
             for rel, d in digests.items():
-                if not os.path.samestat(os.stat(tree / rel), os.stat(self.blob_path(d))):
+                here = os.stat(tree / rel)
+                if rel in owned:
+                    if here.st_nlink != 1 or self.memo.file(tree / rel) != content_digest(d):
+                        return False
+                elif not os.path.samestat(here, os.stat(self.blob_path(d))):
                     return False
         except OSError:
             return False

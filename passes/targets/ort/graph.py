@@ -4,9 +4,11 @@
   attention (``[B, S, H*D] -> [B, S, H, D] -> [B, S, H*D]``, each shape computed at run time
   from Shape/Gather/Concat nodes) are removed where ONNX Runtime's symbolic shape inference
   proves a chain's output has its input's shape; the shape computations then go too.
-- ``fuse_norms``: RMSNorm subgraphs become ``SimplifiedLayerNormalization``, and a residual
-  Add feeding one becomes ``SkipSimplifiedLayerNormalization`` (com.microsoft), which also
-  returns the sum for the next residual.
+- ``fuse_norms``: a residual Add feeding an RMSNorm becomes ``SkipSimplifiedLayerNormalization``
+  (com.microsoft), which also returns the sum for the next residual. An RMSNorm without one
+  (the first layer's) is written in standard ops, which ONNX Runtime fuses when it loads the
+  graph: its own ``SimplifiedLayerNormalization`` sits in the ONNX domain, where the onnx
+  library's checker knows no such op.
 - ``pack_qkv``: a GroupQueryAttention whose query, key and value are MatMuls of one input by
   constant weights reads one MatMul over the concatenated weights (its packed-QKV form).
 
@@ -77,8 +79,22 @@ def fuse_norms(model: Any) -> tuple[Any, int]:
         out = op.SkipSimplifiedLayerNormalization(a, b, weight, epsilon=eps, _domain=MSFT, _outputs=4)
         return out[0], out[3]
 
+    def lone_target(op: Any, x: Any, weight: Any, eps: Any) -> Any:
+        return op.SimplifiedLayerNormalization(x, weight, axis=-1, epsilon=eps, _allow_other_attributes=True)
+
+    def standard_ops(op: Any, x: Any, weight: Any, eps: Any, **_: Any) -> Any:
+        two, eps_ = op.Constant(value_float=2.0), op.Constant(value_float=eps.value)
+        if opset >= 18:
+            mean = op.ReduceMean(op.Pow(x, two), op.Constant(value_ints=[-1]), keepdims=1)
+        else:
+            mean = op.ReduceMean(op.Pow(x, two), axes=[-1], keepdims=1)
+        return op.Mul(op.Div(x, op.Sqrt(op.Add(mean, eps_))), weight)
+
+    opset = model.opset_imports.get("", 17)
     rule = pattern.RewriteRule(skip_target, skip_replacement, name="SkipSimplifiedLayerNormalization")
     model = rewriter.rewrite(model, pattern.RewriteRuleSet([rule], commute=True))
+    lone = pattern.RewriteRule(lone_target, standard_ops, name="RMSNormInStandardOps")
+    model = rewriter.rewrite(model, pattern.RewriteRuleSet([lone]))
     fused = sum(1 for n in model.graph if n.op_type == "SkipSimplifiedLayerNormalization")
     if fused:
         model.opset_imports.setdefault(MSFT, 1)

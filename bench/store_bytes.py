@@ -12,7 +12,6 @@ before (every file a hard link to its blob, the own files costing nothing): the 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -20,17 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def unique_bytes(root: Path) -> int:
-    seen, total = set(), 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            st = os.stat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 def own_bytes(store: Path) -> int:
@@ -55,6 +43,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=ROOT / "bench" / ".cache" / "store-bytes")
     args = ap.parse_args()
     from pipeline.api import build, compose
+    from pipeline.store.files import disk_bytes
 
     shutil.rmtree(args.store, ignore_errors=True)
     args.store.mkdir(parents=True)
@@ -64,7 +53,7 @@ def main() -> None:
         cfg = compose([f"model={args.model}", f"store.root={args.store}", f"compile.ctx_len={ctx}"])
         result = build(cfg, echo=lambda line: None, goals=("package",))
         assert result.ok, [(s.name, s.error) for s in result.stages if s.error]
-        total, own = unique_bytes(args.store), own_bytes(args.store)
+        total, own = disk_bytes(args.store), own_bytes(args.store)
         label = "the demo build (ctx_len 256)" if i == 0 else f"+ compile ctx_len {ctx} (export cached)"
         print(f"{label:<34}{total / 1e6:10.1f}{own / 1e6:14.1f}{(total - own) / 1e6:11.1f}"
               f"{total / (total - own):6.2f}x")

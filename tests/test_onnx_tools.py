@@ -10,20 +10,9 @@ import os
 from pathlib import Path
 
 from conftest import run_pipeline
+from pipeline.store.files import disk_bytes
 from test_publish import cli
 from test_ai100_package import STANDIN_COMPILER
-
-
-def unique_bytes(root: Path) -> int:
-    """Bytes of a folder's files, a file with several links counted once (what it takes on disk)."""
-    seen, total = set(), 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            st = os.stat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 def opens_in_onnx(package: Path) -> list[str]:
@@ -67,12 +56,12 @@ def test_compiles_of_one_export_share_all_but_their_packages_data(empty_store):
     copy of the weights (on a filesystem without reflinks), never by more."""
     first = run_pipeline(empty_store, "compile.ctx_len=64")
     assert first.rc == 0, first.err
-    one = unique_bytes(empty_store)
+    one = disk_bytes(empty_store)
     weights = os.stat(Path(first.summary["package"]) / "model.onnx.data").st_size
     more = [run_pipeline(empty_store, f"compile.ctx_len={n}") for n in (96, 128, 160)]
     assert all(r.rc == 0 for r in more), [r.err for r in more]
     assert all(r.status()["export"] == "cached" for r in more)
-    four = unique_bytes(empty_store)
+    four = disk_bytes(empty_store)
     # each further compile: its package's weights (one copy) + graphs, manifests and records (< 5 %)
     assert four - one <= 3 * weights * 1.05, (one, four, weights)
     for r in (first, *more):

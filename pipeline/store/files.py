@@ -52,3 +52,16 @@ def clone_file(src: Path, dst: Path) -> str:
                 raise
         shutil.copyfileobj(fin, fout, 1 << 20)
     return "copy"
+
+
+def disk_bytes(root: Path) -> int:
+    """Bytes of a folder's files, a file with several links counted once (what they hold on disk,
+    reflinks aside: their shared extents are counted for each)."""
+    seen, total = set(), 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total

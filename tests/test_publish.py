@@ -204,7 +204,7 @@ HOSTILE = [  # an edit of a publication, what fetch's one error line says
                  "is longer than the 6076 bytes expected: refused", id="blob-endless"),
     pytest.param(blob(lambda path, data: path.write_bytes(data[:3000])), "and 3000 bytes, not the 6076",
                  id="blob-shorter"),
-    pytest.param(blob(flipped, "model.onnx"), "and 16097 bytes, not the 16097 bytes of sha256", id="blob-flipped"),
+    pytest.param(blob(flipped), "and 6076 bytes, not the 6076 bytes of sha256", id="blob-flipped"),
     pytest.param(blob(linked_out), "and 6076 bytes, not the 6076 bytes of sha256", id="blob-links-out"),
     pytest.param(blob(lambda path, data: None), "No such file or directory", id="blob-missing"),
 ]

@@ -140,7 +140,7 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     import onnx_ir as ir
     import torch
 
-    from passes.lib import onnx_files
+    from passes.lib import onnx_files, threads
 
     model = inputs["model"]
     args = example_inputs(model)
@@ -152,7 +152,7 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     else:  # the AI 100 KV ops (com.qualcomm.cloud), as model-local functions
         from passes.transforms import ctx_ops as ops
     custom = {"table": ops.register_exporters(params.opset), "opsets": {ops.DOMAIN: 1}}
-    with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad(), threads.pinned():
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:
             _export_dynamo(model, args, raw, names_in, names_out, params.opset, custom.get("table"), **extra)

@@ -53,11 +53,11 @@ def export_encoder(inputs: Mapping[str, Any], params: ExportEncoderParams, out: 
     import torch
 
     from passes.export import _strip_nondeterminism
-    from passes.lib import onnx_files, weights
+    from passes.lib import onnx_files, threads, weights
 
     model = inputs["model"]
     args = example_inputs()
-    with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad(), threads.pinned():
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:
             from torch.export import Dim

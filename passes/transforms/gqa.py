@@ -220,6 +220,7 @@ def rope_tables(model: Any, attention_module: str, head_dim: int, positions: int
     """(cos_cache, sin_cache) [positions, head_dim / 2] from the model's own rotary embedding, or
     None where GroupQueryAttention cannot rotate as the model does (no static half-rotation RoPE
     over the whole head, or no ``apply_rotary_pos_emb`` to skip)."""
+    from passes.lib import threads
     from passes.lib.hf_decoder import decoder_of
 
     decoder = decoder_of(model)
@@ -228,7 +229,7 @@ def rope_tables(model: Any, attention_module: str, head_dim: int, positions: int
     rope_type = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}).get("rope_type", "default")
     if rotary is None or rope_type in ("dynamic", "longrope") or not hasattr(sys.modules[attention_module], "apply_rotary_pos_emb"):
         return None
-    with torch.no_grad():
+    with torch.no_grad(), threads.pinned():  # the tables become the export's constants
         probe = torch.zeros(1, 1, head_dim)
         try:
             cos, sin = rotary(probe, torch.arange(positions)[None, :])

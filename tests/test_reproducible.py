@@ -86,15 +86,14 @@ def test_the_export_traces_on_one_thread(two_threads, model, tmp_path):
 
 
 def built(store, **env: str) -> dict[str, Any]:
-    """Every stage's digest in a build of tiny_llama into a fresh ``store``, in a process with ``env``;
-    for validate, which records how fast the package ran, its verdict without those timings."""
+    """Every stage's digest in a build of tiny_llama into a fresh ``store``, in a process with ``env``
+    (validate's too: how fast the package ran is its record's, not its tree's)."""
     r = run_pipeline(store, env=env)
     assert r.rc == 0, r.out[-2000:] + r.err[-2000:]
     assert all(s["status"] == "ran" for s in r.summary["stages"]), r.status()
     digests: dict[str, Any] = {s["name"]: s["digest"] for s in r.summary["stages"]}
     verdict = json.loads((store / "trees" / digests["validate"] / VALIDATION).read_text())
-    assert "decode_seconds" in verdict.pop("metrics")
-    digests["validate"] = verdict
+    assert verdict["passed"] and "metrics" not in verdict
     return digests
 
 

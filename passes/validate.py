@@ -40,8 +40,8 @@ BOUND_KEYS = ("max_ppl_ratio", "min_top1_agreement", "max_mean_kl")
 class ValidateConfig:
     """validate.*: the prompt the reference and the package both continue, and the gates."""
 
-    prompt: str = "The capital of France is"
-    max_new_tokens: int = 32
+    prompt: str = "The capital of France is"  # prompt of the reference and validate stages
+    max_new_tokens: int = 32  # greedy tokens compared (no EOS stop)
     atol: float = 1e-3   # max |logit diff| allowed where the package runs in fp32; tokens must be equal there
     eval_text: Optional[str] = None   # a UTF-8 file; null: Python's reference topics (passes.numerics.eval_text)
     eval_tokens: int = 4096           # tokens of it the teacher-forced gate feeds

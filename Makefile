@@ -32,7 +32,7 @@ docs: setup
 
 # Re-print the outputs shown in the docs (the blocks between [[[cog ... [[[end]]] markers) by running their commands.
 docs-outputs: setup
-	$(BIN)/cog -r -I tools/docs README.md docs/*.md
+	$(BIN)/cog -r -I tools/docs -p "from examples import console, mermaid, python" README.md docs/*.md
 
 bench: setup
 	$(BIN)/python bench/cached_run.py

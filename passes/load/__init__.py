@@ -52,7 +52,7 @@ class ModelConfig:
     path: Optional[str] = None        # source=local (HF folder) or gguf (file)
     hf_config: Dict[str, Any] = field(default_factory=dict)  # source=random: an inline HF config
     tokenizer: Optional[str] = None   # folder or GGUF file; null: the model's own
-    seed: int = 0                     # source=random
+    seed: int = 0                     # source=random: seed of the random weights
     dtype: Dtype = Dtype.float32  # the weights' dtype when loaded
     num_layers: Optional[int] = None  # keep the first N decoder layers (a layer-truncated draft); null: all
 

@@ -132,9 +132,11 @@ def session(commands: tuple[str, ...], expect: int | tuple[int, ...] = 0, fresh:
         shown += [f"$ {command}", *([out] if out else [])]
     return shown
 
-def console(*commands: str, expect: int | tuple[int, ...] = 0, fresh: bool = False, slow: bool = False) -> None:
+def console(*commands: str, expect: int | tuple[int, ...] = 0, fresh: bool = False, slow: bool = False,
+            parallel: bool = False) -> None:
     """cog's entry: a console block of the commands and their output. ``slow`` (minutes even on
-    tiny_llama; the page says so in a note): the tests keep the block as printed, without running it."""
+    tiny_llama; the page says so in a note): the tests keep the block as printed, without running it.
+    ``parallel``: jobs print at once, their lines interleaved; the tests run it, but compare no output."""
     import cog
 
     if slow and os.environ.get("DOCS_EXAMPLES_MODEL"):

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REFERENCE_LIBS := $(VENV)/reference-libs
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test docs docs-outputs bench clean-venv
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+
+# The docs site into site/ (the configuration reference is generated from the schemas as it builds).
+docs: setup
+	$(BIN)/mkdocs build --strict
+
+# Re-print the outputs shown in the docs (the blocks between [[[cog ... [[[end]]] markers) by running their commands.
+docs-outputs: setup
+	$(BIN)/cog -r -I tools/docs -p "from examples import console, mermaid, python" README.md docs/*.md
 
 bench: setup
 	$(BIN)/python bench/cached_run.py

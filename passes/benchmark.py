@@ -22,12 +22,12 @@ BENCHMARK = "benchmark.json"
 class BenchmarkConfig:
     """benchmark.*: a fixed prompt set, generated after a warm-up run, medians of ``repeats``."""
 
-    prompts: List[str] = field(default_factory=lambda: [
+    prompts: List[str] = field(default_factory=lambda: [  # the fixed prompt set (four short prompts)
         "My name is", "The capital of France is", "Write a haiku about the sea.",
         "Explain in one sentence what a compiler does."])
-    generation_len: int = 64
-    repeats: int = 3
-    chat: bool = False
+    generation_len: int = 64  # new tokens per prompt
+    repeats: int = 3  # timed runs after a warm-up; medians reported
+    chat: bool = False  # apply the model's chat template to each prompt
 
 
 @dataclass(frozen=True)

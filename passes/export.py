@@ -31,7 +31,7 @@ class ExportConfig:
     """export.*: the ONNX exporter (the decoder's, and the encoder's)."""
 
     dynamo: bool = False   # False: TorchScript exporter (12 s vs 64 s on SmolLM2, keeps functions)
-    opset: int = 17
+    opset: int = 17  # 14..21; the dynamo exporter needs >= 18
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,9 @@ class Method(StrEnum):
 class QuantizeConfig:
     """quantize.*: weight-only quantization of a CPU program's MatMuls (null: none)."""
 
-    weights: Optional[Weights] = None
-    block_size: int = 32
-    method: Method = Method.rtn
+    weights: Optional[Weights] = None  # int8 | int4: a CPU program's MatMul weights as MatMulNBits blocks; null: float
+    block_size: int = 32  # weights per block (a power of two >= 16)
+    method: Method = Method.rtn  # rtn (round to nearest) | hqq (onnxruntime's HQQ; int4 only)
     symmetric: bool = True  # rtn: zero at the block's centre (no zero points) or a uint8 zero point per block
     exclude: List[str] = field(default_factory=list)  # fnmatch patterns of MatMul node or weight names kept float
     # MatMulNBits' compute: 4 quantizes activations to int8 per block on the fly (SmolLM2 int8 decode 128 tok/s

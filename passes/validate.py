@@ -40,14 +40,14 @@ BOUND_KEYS = ("max_ppl_ratio", "min_top1_agreement", "max_mean_kl")
 class ValidateConfig:
     """validate.*: the prompt the reference and the package both continue, and the gates."""
 
-    prompt: str = "The capital of France is"
-    max_new_tokens: int = 32
+    prompt: str = "The capital of France is"  # prompt of the reference and validate stages
+    max_new_tokens: int = 32  # greedy tokens compared (no EOS stop)
     atol: float = 1e-3   # max |logit diff| allowed where the package runs in fp32; tokens must be equal there
     eval_text: Optional[str] = None   # a UTF-8 file; null: Python's reference topics (passes.numerics.eval_text)
     eval_tokens: int = 4096           # tokens of it the teacher-forced gate feeds
-    max_ppl_ratio: Optional[float] = None       # null: 1.001 for fp16, 1.01 with MX formats
-    min_top1_agreement: Optional[float] = None  # null: reported, not gated
-    max_mean_kl: Optional[float] = None         # null: ln(max_ppl_ratio)
+    max_ppl_ratio: Optional[float] = None       # perplexity of what ships / of the fp32 reference; null: 1.001 for fp16, 1.01 with an MX format or int8 weights, 1.45 with int4 weights
+    min_top1_agreement: Optional[float] = None  # argmax agreement per position; null: reported, not gated
+    max_mean_kl: Optional[float] = None         # mean KL(reference || package) per position; null: ln(max_ppl_ratio)
 
 
 @dataclass(frozen=True)

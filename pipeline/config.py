@@ -33,7 +33,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass
 class StoreConfig:
-    root: str = "artifacts"
+    root: str = "artifacts"  # the store (relative to the working directory)
     memo: Optional[str] = None  # the local digest memo; null: in the store, or ~/.cache when the store is on NFS
     remote: Optional[str] = None   # a second tier (pipeline.store.remote): an fsspec URL (s3://bucket/prefix, a folder)
     push: bool = False             # push what this run builds to the remote (CI); false: read only
@@ -54,8 +54,8 @@ class SweepConfig:
 
 @dataclass
 class PipelineConfig:
-    stages: Dict[str, Any] = field(default_factory=dict)
-    show_graph: bool = False
+    stages: Dict[str, Any] = field(default_factory=dict)  # which stages run and how they connect (set by the pipeline group: conf/pipeline/)
+    show_graph: bool = False  # print the stage graph as Mermaid and exit
     force: List[str] = field(default_factory=list)  # stages to re-run even when cached
     benchmark: bool = False                          # run the benchmark stage (stages with enabled: ${pipeline.benchmark})
     evaluate: bool = False                           # run the evaluate stage (python -m pipeline.evaluate sets it)
@@ -65,19 +65,19 @@ class PipelineConfig:
 class SamplingConfig:
     """Host-side token choice (runtime.sampling): temperature 0 is greedy."""
 
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy; otherwise sampling on the host
     top_k: int = 0                    # 0: off
     top_p: float = 1.0                # 1: off
     repetition_penalty: float = 1.0   # 1: off
-    seed: int = 0
+    seed: int = 0  # each prompt samples from its own generator seeded by (seed, its index)
 
 
 @dataclass
 class InferKeys:
     """``python -m pipeline.infer``: the build's config plus what to generate (exactly one prompt source)."""
 
-    prompt: Optional[str] = None
-    prompts: Optional[List[str]] = None
+    prompt: Optional[str] = None  # one prompt
+    prompts: Optional[List[str]] = None  # several prompts (exactly one of prompt, prompts, prompts_file)
     prompts_file: Optional[str] = None   # one prompt a line, or a .json list of strings
     chat: bool = False                   # apply the model's chat template
     generation_len: Optional[int] = None  # new tokens at most; null: until EOS or ctx_len
@@ -90,14 +90,14 @@ class InferKeys:
 class EmbedKeys:
     """``python -m pipeline.embed``: the build's config (an embedding pipeline) plus the texts (exactly one source)."""
 
-    texts: Optional[List[str]] = None
+    texts: Optional[List[str]] = None  # the texts to embed
     texts_file: Optional[str] = None     # one text a line, or a .json list of strings
 
 
 @dataclass
 class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = "127.0.0.1"  # the address to listen on
+    port: int = 8000  # the port to listen on
     package: Optional[str] = None   # a package folder to serve as it is; null: build (or reuse) the config's
 
 

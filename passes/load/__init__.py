@@ -45,15 +45,15 @@ class Dtype(StrEnum):
 class ModelConfig:
     """model.* (and draft_model.*): where the model comes from."""
 
-    name: str = REQUIRED
-    source: Source = Source.random
+    name: str = REQUIRED  # the preset's name
+    source: Source = Source.random  # hub | local | gguf | random
     hf_id: Optional[str] = None       # source=hub
     revision: str = "main"            # source=hub: branch, tag or commit
     path: Optional[str] = None        # source=local (HF folder) or gguf (file)
     hf_config: Dict[str, Any] = field(default_factory=dict)  # source=random: an inline HF config
     tokenizer: Optional[str] = None   # folder or GGUF file; null: the model's own
-    seed: int = 0                     # source=random
-    dtype: Dtype = Dtype.float32
+    seed: int = 0                     # source=random: seed of the random weights
+    dtype: Dtype = Dtype.float32  # the weights' dtype when loaded
     num_layers: Optional[int] = None  # keep the first N decoder layers (a layer-truncated draft); null: all
 
 

@@ -17,7 +17,7 @@ Rule = StrEnum("Rule", {name: name for name in RULES})  # the named rewrites (ru
 class RewriteConfig:
     """rewrite.*: the graph rewrites applied to the export, in order (the AI 100 presets add rms_norm)."""
 
-    rules: List[Rule] = field(default_factory=lambda: [Rule.optimize])
+    rules: List[Rule] = field(default_factory=lambda: [Rule.optimize])  # onnxscript rewrites applied in order: optimize, basic, rms_norm (CustomRMSNorm, the AI 100 custom op), fp16_clip
 
 
 @dataclass(frozen=True)

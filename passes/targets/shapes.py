@@ -18,9 +18,9 @@ from pipeline.pass_api import cfg_field, config_schema
 class CompileShapes:
     """compile.*: a causal LM's compiled shapes."""
 
-    batch_size: int = 1
-    prefill_seq_len: int = 32
-    ctx_len: int = 256
+    batch_size: int = 1  # sequences per batch
+    prefill_seq_len: int = 32  # prefill chunk; 1..ctx_len (cpu preset: min(128, ctx_len); the CPU program runs a shorter last chunk unpadded)
+    ctx_len: int = 256  # KV cache length; at most the model's max positions
     full_batch_size: Optional[int] = None   # continuous batching: KV batch dimension
     num_speculative_tokens: Any = None      # speculative target: K, or a list of K
 

@@ -36,7 +36,7 @@ class SpdConfig:
     """spd.* (conf/spd, runtime.speculative): the scheme and K, the one source of
     compile.num_speculative_tokens when the scheme is not none."""
 
-    name: SpdScheme = SpdScheme.none
+    name: SpdScheme = SpdScheme.none  # none | draft | pld | multiproj (the spd group: conf/spd/)
     num_speculative_tokens: Any = 3      # K, or a list of K (one decode specialization each)
     max_ngram_size: int = 3              # pld: the longest n-gram looked up
     speculator: Optional[str] = None     # multiproj: a folder (speculator_config.json, speculator.safetensors); null: random heads
@@ -47,7 +47,7 @@ class SpdConfig:
 class ModelAdapters:
     """model.adapters: LoRA adapters {name: PEFT folder} in one package, chosen at run time."""
 
-    adapters: Dict[str, str] = field(default_factory=dict)
+    adapters: Dict[str, str] = field(default_factory=dict)  # LoRA adapters {name: PEFT folder} in one package, chosen at run time; each folder enters the package's key by content
 
 
 @config_schema("compile")
@@ -55,7 +55,7 @@ class ModelAdapters:
 class AdapterSlots:
     """compile.max_adapters: with model.adapters, LoRA slots per package (adding one up to this recompiles nothing)."""
 
-    max_adapters: int = 8
+    max_adapters: int = 8  # with model.adapters: adapter slots of the graph (adding adapters up to it recompiles nothing)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ MAX_FILE_BYTES = 10 * 2**30
 class PlanOnly:
     """compile.dry_run: write the compile plan (compile.sh and its inputs), run no compiler."""
 
-    dry_run: bool = False
+    dry_run: bool = False  # write the compile plan (compile.sh and its inputs), run no compiler
 
 
 @dataclass(frozen=True)

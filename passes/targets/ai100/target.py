@@ -33,21 +33,21 @@ class SpecializationFormat(StrEnum):
 class Ai100Hw(HwSchema):
     """hw.* of the ai100 target (conf/hw/ai100_*.yaml)."""
 
-    target: str = "ai100"
-    compile_pass: str = "compile_ai100"
+    target: str = "ai100"  # the target's name
+    compile_pass: str = "compile_ai100"  # the pass that builds the program for this target
     num_cores: int = 16                    # cores per device
     num_devices: int = 1                   # > 1: tensor slicing (mdp_ts_<N>.json)
     compiler: Optional[str] = None         # path; null: qaic-compile, then qaic-exec, in /opt/qti-aic/exec
     hw_version: str = "ai100"              # -aic-hw-version
-    mxfp6_matmul: bool = True
-    kv_cache_dtype: KvCacheDtype = KvCacheDtype.float16
+    mxfp6_matmul: bool = True  # compiler option: MXFP6 matmul weights
+    kv_cache_dtype: KvCacheDtype = KvCacheDtype.float16  # KV precision in custom_io.yaml
     # Node outputs computed in fp32 under -convert-to-fp16 (-node-precision-info): none, a list of
     # names, or a YAML file with an FP32NodeInstanceNames list (the reference library's form).
     fp32_nodes: Any = "none"
-    mos: Optional[int] = None
-    ols: Optional[int] = None
-    aic_enable_depth_first: bool = False
-    specialization_format: SpecializationFormat = SpecializationFormat.flat
+    mos: Optional[int] = None  # compiler option -mos
+    ols: Optional[int] = None  # compiler option -ols
+    aic_enable_depth_first: bool = False  # compiler option -aic-enable-depth-first
+    specialization_format: SpecializationFormat = SpecializationFormat.flat  # flat | named (some older SDKs reject named)
     extra_options: Dict[str, Any] = field(default_factory=dict)  # some_option: True -> -some-option
     compile_timeout_s: Optional[float] = None  # none: real compiles take hours
 

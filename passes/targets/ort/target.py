@@ -26,10 +26,10 @@ class Attention(StrEnum):
 class OrtHw(HwSchema):
     """hw.* of the cpu target: ONNX Runtime on the host. No AI 100 key exists here."""
 
-    target: str = "cpu"
+    target: str = "cpu"  # the target's name
     compile_pass: str = "compile_ort"   # the pass that builds the program for this target
     num_cores: int = 2                  # intra-op threads of the package's sessions
-    attention: Attention = Attention.auto
+    attention: Attention = Attention.auto  # gqa (GroupQueryAttention, KV cache in place) | scatter (the AI 100 graph) | auto (gqa where the family takes transformers' attention interface)
 
 
 class CpuTarget(Target):

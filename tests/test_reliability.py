@@ -116,7 +116,8 @@ def test_damage_no_write_made_is_found_on_use_and_rebuilt_never_served(store):
     assert (f"package: damaged in the store ({data}: its bytes differ from the record); set aside, rebuilding it and "
             "what shared its files") in r.err
     status = r.status()
-    assert status["package"] == "ran" and status["compile"] == "ran" and status["export"] == "cached", status
+    # the package's weights are its own copy (one link, for the onnx library): the compile stage's blob is intact
+    assert status["package"] == "ran" and status["compile"] == "cached" and status["export"] == "cached", status
     assert r.exec_info["generated_ids"] == good.exec_info["generated_ids"]
     assert store_cli(store, "verify").returncode == 0
 
@@ -129,7 +130,7 @@ def test_verify_repair_evicts_damaged_trees_and_the_next_build_restores_them(sto
     v = store_cli(store, "verify")
     assert v.returncode == 1 and f"{data} does not match its digest" in v.stdout, v.stdout
     v = store_cli(store, "verify", "--repair")
-    assert v.returncode == 1 and "verify: repaired: 2 damaged trees evicted" in v.stdout, v.stdout  # package, compile
+    assert v.returncode == 1 and "verify: repaired: 1 damaged trees evicted" in v.stdout, v.stdout  # the package's own copy
     assert store_cli(store, "verify").returncode == 0
     r = run_pipeline(store)
     assert r.rc == 0 and r.status()["package"] == "ran" and r.summary["validation"]["passed"], r.err

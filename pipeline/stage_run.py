@@ -55,7 +55,7 @@ class StageRun:
             record = ActionRecord(
                 stage=stage.name, pass_name=stage.spec.name, role=stage.role, model=self.plan.models[stage.role],
                 key=r.key, ingredients=ingredients, digest=digest, materialized=materialized, files=files,
-                seconds=round(r.seconds, 3), peak_rss_bytes=r.peak_rss, created=now_iso(), result=result, why=r.why,
+                seconds=round(r.seconds, 3), peak_rss_bytes=r.peak_rss, created=now_iso(precise=True), result=result, why=r.why,
                 owned=owned,
             )
             self.store.records.write(record)  # last: a build without its record is a miss, never a partial hit

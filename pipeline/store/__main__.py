@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from pipeline.store import ActionRecord, Store
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(rows, indent=1))
         for r in [] if args.json else rows:
-            print(f"{r['created']}  {r['model']:<14} {r['stage']:<15} {r['key']}  {human(r['size']):>10}"
+            print(f"{re.sub(r'[.][0-9]+', '', r['created'])}  {r['model']:<14} {r['stage']:<15} {r['key']}  {human(r['size']):>10}"
                   f"  {r['seconds']:8.2f} s  {r['path']}")
         if not args.json:
             stored = sum(p.stat().st_size for p in (store.root / "cas").glob("*/*"))

@@ -226,5 +226,10 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def now_iso(precise: bool = False) -> str:
+    """Local time with its offset; ``precise`` adds milliseconds (records: stages of one run that end
+    in the same second still list in the order they ran)."""
+    now = time.time()
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+    fraction = f".{int(now * 1000) % 1000:03d}" if precise else ""
+    return seconds + fraction + time.strftime("%z", time.localtime(now))

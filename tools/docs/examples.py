@@ -104,7 +104,8 @@ def run(commands: list[str], cwd: Path, timeout: float = 1800) -> list[tuple[int
     script = "exec 2>&1\n" + "".join(f"{c}\nrc=$?; printf '\\n{MARK} %d\\n' $rc; (exit $rc)\n" for c in commands)
     p = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout)
     results, lines = [], []
-    for line in p.stdout.replace(str(cwd), SHOWN_DIR).splitlines():
+    shown = p.stdout.replace(str(cwd), SHOWN_DIR).replace(sys.prefix, f"{SHOWN_DIR}/.venv")  # warnings name the venv
+    for line in shown.splitlines():
         if line.startswith(MARK + " "):
             results.append((int(line.split()[1]), "\n".join(lines).strip("\n")))
             lines = []

@@ -101,9 +101,13 @@ def static_shapes(model: Any, symbols: Mapping[str, int]) -> Any:
                 value.shape = fixed(value.shape)
     # Shapes inferred again from the fixed inputs, and what they decide folded to constants (Shape,
     # the index arithmetic of the KV scatter and gather): what is left computes values, not shapes.
-    import onnxscript.optimizer
+    # The functions inlined first; then the rewrite stage's optimizer (its quadratic rules left out).
+    from onnxscript import optimizer
 
-    return onnxscript.optimizer.optimize(model, inline=True)
+    from passes.rewrites.rules import optimize
+
+    optimizer.inline(model)
+    return optimize(model)
 
 
 # Applied in this order to the rewrite stage's graph; static_shapes (one specialization's) after them.

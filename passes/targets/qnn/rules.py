@@ -7,8 +7,8 @@ rules make it a graph QNN takes (docs/qnn.md says which operator failed, and why
   left -> ``SimplifiedLayerNormalization``, which QNN maps to its own RmsNorm (the decomposed
   form's squared sum also overflows fp16 once |x| passes ~256).
 - ``square_as_mul``: Pow(x, 2) -> Mul(x, x).
-- ``static_shapes``: every dimension fixed from one specialization's symbols, inferred shapes
-  dropped (ONNX Runtime infers them again, statically): HTP graphs are static.
+- ``static_shapes``: every dimension fixed from one specialization's symbols, the shape
+  arithmetic then folded to constants: HTP graphs are static.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ on the QNN EP through the teacher-forced gate over ``--eval-tokens`` tokens; pri
 stage's seconds, each context binary's compile seconds and size, the gate's figures, and the
 QNN package's tokens/s against the named baseline measured in the same run: the fp32 PyTorch
 reference on the same positions (the simulator's speed is the x86 host's, not the NPU's).
+Slow: on a shared 2-core machine the validate stage had not finished after 55 minutes (docs/qnn.md).
 """
 from __future__ import annotations
 

@@ -56,9 +56,11 @@ def _write_greedy(model: Any, tokenizer: Any, prompt_ids: list[int], params: Ref
 
     tokens: list[int] = []
     rows = []
+    from passes.lib import threads
+
     cache = DynamicCache(config=model.config)
     step_ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
+    with torch.inference_mode(), threads.pinned():  # logits stored under a key: the same bytes on any machine
         for _ in range(params.max_new_tokens):
             logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[0, -1]
             token = int(torch.argmax(logits))

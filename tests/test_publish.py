@@ -271,6 +271,7 @@ KILLED_FETCH = r"""
 import os, runpy, signal, sys
 from fsspec.implementations.local import LocalFileSystem
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
 opened = LocalFileSystem.open
 
 def dying_open(self, path, mode="rb", **kw):

@@ -76,7 +76,9 @@ def reference_embeddings(checkpoint: Path, mode: str, normalize: bool, length: i
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         model = AutoModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
         batch = tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
-        with torch.inference_mode():
+        from passes.lib import threads
+
+        with torch.inference_mode(), threads.pinned():  # stored under a key: the same bytes on any machine
             hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             pooled = pooling.pool(pooling.load_function(mode), hidden, batch["attention_mask"])
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
@@ -88,7 +90,10 @@ def reference_embeddings(checkpoint: Path, mode: str, normalize: bool, length: i
     if normalize:
         modules.append(models.Normalize())
     st = SentenceTransformer(modules=modules, device="cpu")
-    return st.encode(texts, batch_size=len(texts), convert_to_numpy=True)
+    from passes.lib import threads
+
+    with threads.pinned():
+        return st.encode(texts, batch_size=len(texts), convert_to_numpy=True)
 
 
 # The same pooling settings as the transform's: the same checks, and a pooling function's digest in the key.

@@ -38,7 +38,7 @@ def streamed_checkpoint(folder: Path, config: dict, seed: int = 0, num_layers: i
 @pytest.mark.parametrize("tied", [False, True])
 def test_streamed_random_checkpoint_is_the_in_memory_one(tmp_path, tied):
     config = {**TINY, "tie_word_embeddings": tied}
-    memory = sources.from_config(config, 0, torch.float32)
+    memory = random_weights.build(config, 0, torch.float32)
     memory.save_pretrained(tmp_path / "memory")
     streamed = streamed_checkpoint(tmp_path / "streamed", config)
     assert digests(tmp_path / "memory") == digests(streamed)
@@ -91,7 +91,7 @@ sources.save_config(random_weights.stream(config, 0, torch.float32, out / "ckpt"
 wrapper = static_kv({"checkpoint": out / "ckpt"}, StaticKvParams(attention="gqa", seed=0), None)
 export({"model": wrapper}, ExportParams(attention="gqa"), out / "onnx")
 print("streamed: done", flush=True)
-sources.from_config(config, 0, torch.float32)  # the in-memory build, under the same cap
+random_weights.build(config, 0, torch.float32)  # the in-memory build, under the same cap
 print("in memory: done")
 """
 

@@ -52,13 +52,6 @@ def from_quantized(folder: Path, dtype: Any) -> tuple[Any, dict[str, Any]]:
     return model.to(dtype).eval(), linears
 
 
-def from_config(hf_config: Mapping[str, Any], seed: int, dtype: Any) -> Any:
-    """The random model in memory: the weights the load pass streams (random_weights.py)."""
-    from passes.load import random_weights
-
-    return random_weights.build(hf_config, seed, dtype).eval()
-
-
 def save_config(model: Any, out: Path) -> None:
     """config.json and generation_config.json as save_pretrained writes them, without the weights."""
     model.config.architectures = [type(model).__name__]

@@ -12,6 +12,7 @@ stage's optimizer's.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
@@ -63,9 +64,12 @@ def fold_transposes(model: Any) -> int:
             return ir.Tensor(np.ascontiguousarray(np.transpose(t.numpy(), p)))
 
         out = node.outputs[0]
+        lazy = (_blockwise_transposed() if perm == (1, 0) else ir.LazyTensor)(
+            transposed, dtype=source.const_value.dtype, shape=ir.Shape(shape))
+        if perm == (1, 0):
+            lazy.source = tensor
         value = ir.Value(name=f"{source.name}.T" if perm == (1, 0) else f"{source.name}.perm{''.join(map(str, perm))}",
-                         shape=ir.Shape(shape), type=ir.TensorType(source.const_value.dtype),
-                         const_value=ir.LazyTensor(transposed, dtype=source.const_value.dtype, shape=ir.Shape(shape)))
+                         shape=ir.Shape(shape), type=ir.TensorType(source.const_value.dtype), const_value=lazy)
         if value.name in graph.initializers:  # the same weight transposed the same way before
             value = graph.initializers[value.name]
         else:
@@ -77,3 +81,25 @@ def fold_transposes(model: Any) -> int:
         if not value.uses() and not value.is_graph_output():
             del graph.initializers[name]
     return folded
+
+
+BLOCK_BYTES = 16 << 20
+
+
+@functools.cache
+def _blockwise_transposed() -> type:
+    """A lazy 2-D transpose written to its file a block of rows at a time: the weight is held once,
+    never beside a whole transposed copy (the largest weight, a head, would double the peak)."""
+    import numpy as np
+    import onnx_ir as ir
+
+    class BlockwiseTransposed(ir.LazyTensor):
+        source: Any = None
+
+        def tofile(self, file: Any) -> None:
+            array = self.source.numpy()
+            rows = max(1, BLOCK_BYTES // max(1, array.shape[0] * array.itemsize))
+            for first in range(0, array.shape[1], rows):
+                file.write(np.ascontiguousarray(array[:, first:first + rows].T).tobytes())
+
+    return BlockwiseTransposed

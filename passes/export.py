@@ -155,24 +155,13 @@ def export(inputs: Mapping[str, Any], params: ExportParams, out: Path) -> dict[s
     with tempfile.TemporaryDirectory(prefix="export-") as tmp, torch.no_grad(), threads.pinned():
         raw = Path(tmp) / "raw.onnx"
         if params.dynamo:
-            from passes.lib import streamed_weights
-
-            streamed_weights.materialize(model)  # its program saves the module's own values
             _export_dynamo(model, args, raw, names_in, names_out, params.opset, custom.get("table"), **extra)
         else:  # the graph alone: the weights are attached from the module (passes/lib/weights.py)
-            from passes.lib.torchscript import shape_inference_without_weights
-
-            # keep_initializers_as_inputs: no deduplication of equal-valued weights (one graph input
-            # per parameter, whatever its values: placeholders and real weights give one graph)
-            with shape_inference_without_weights():
-                torch.onnx.export(
-                    model, args, str(raw), dynamo=False, input_names=names_in, output_names=names_out,
-                    dynamic_axes=axes, opset_version=params.opset, do_constant_folding=False, export_params=False,
-                    keep_initializers_as_inputs=True, custom_opsets=custom.get("opsets"),
-                )
-            from passes.lib import streamed_weights
-
-            streamed_weights.drop_pages(model)
+            torch.onnx.export(
+                model, args, str(raw), dynamo=False, input_names=names_in, output_names=names_out,
+                dynamic_axes=axes, opset_version=params.opset, do_constant_folding=False, export_params=False,
+                custom_opsets=custom.get("opsets"),
+            )
         proto = onnx.load(str(raw))
     _strip_nondeterminism(proto)
     ir_model = ir.from_proto(proto)

@@ -65,31 +65,19 @@ def load_ir(src: Path, name: str = MODEL) -> Any:
 
     Store trees are hard links to immutable blobs, and onnx/onnx_ir refuse external data
     with more than one link (a guard against planted links). Our own read-only store is
-    not that threat, so the weights are mapped here directly. Each weight is a lazy tensor
-    mapped when read and unmapped when dropped: a mapping of the whole file would count every
-    page a pass reads (writing the graph out reads them all) in its RSS until it ends.
+    not that threat, so the weights are mapped here directly.
     """
+    import numpy as np
     import onnx_ir as ir
 
     model = ir.load(src / name)
     for value in model.graph.initializers.values():
         t = value.const_value
         if isinstance(t, ir.ExternalTensor) and t.size:
-            value.const_value = ir.LazyTensor(_mapper(t), dtype=t.dtype, shape=t.shape, name=t.name)
+            dtype = np.dtype(t.dtype.numpy()).newbyteorder("<")
+            array = np.memmap(t.path, dtype=dtype, mode="r", offset=t.offset or 0, shape=tuple(t.shape.numpy()))
+            value.const_value = ir.Tensor(array, dtype=t.dtype, name=t.name)
     return model
-
-
-def _mapper(t: Any) -> Any:
-    import numpy as np
-    import onnx_ir as ir
-
-    dtype = np.dtype(t.dtype.numpy()).newbyteorder("<")
-    path, offset, shape, ir_dtype, name = t.path, t.offset or 0, tuple(t.shape.numpy()), t.dtype, t.name
-
-    def mapped() -> Any:
-        return ir.Tensor(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), dtype=ir_dtype, name=name)
-
-    return mapped
 
 
 def io_shapes(model: Any) -> tuple[dict[str, list[Any]], dict[str, str]]:

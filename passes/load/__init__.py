@@ -107,14 +107,9 @@ def load(inputs: Mapping[str, Any], params: LoadParams, out: Path | None) -> Any
     elif params.source == "gguf":
         model = sources.from_gguf(Path(params.path), dtype)
         tokenizer = sources.load_tokenizer(Path(params.tokenizer or params.path))
-    else:  # streamed: one module's weights in memory at a time, the bytes save_pretrained writes
-        from passes.load import random_weights
-
-        model = random_weights.stream(params.hf_config, params.seed, dtype, out, params.num_layers)
-        sources.save_config(model, out)
-        sources.load_tokenizer(Path(params.tokenizer)).save_pretrained(out)
-        return {"source": params.source, "model_type": model.config.model_type,
-                "params": sum(p.numel() for p in model.parameters()), "quantized_linears": 0}
+    else:
+        model = sources.from_config(params.hf_config, params.seed, dtype)
+        tokenizer = sources.load_tokenizer(Path(params.tokenizer))
     if params.num_layers is not None:
         sources.keep_layers(model, params.num_layers)
     model.save_pretrained(out)  # safetensors; its metadata is {"format": "pt"}, no timestamps

@@ -52,12 +52,16 @@ def from_quantized(folder: Path, dtype: Any) -> tuple[Any, dict[str, Any]]:
     return model.to(dtype).eval(), linears
 
 
-def save_config(model: Any, out: Path) -> None:
-    """config.json and generation_config.json as save_pretrained writes them, without the weights."""
-    model.config.architectures = [type(model).__name__]
-    model.config.save_pretrained(out)
-    if model.can_generate():
-        model.generation_config.save_pretrained(out)
+def from_config(hf_config: Mapping[str, Any], seed: int, dtype: Any) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = _plain(dict(hf_config))
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG alone
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
 
 
 def _plain(v: Any) -> Any:

@@ -83,24 +83,13 @@ def static_kv(inputs: Mapping[str, Any], params: StaticKvParams, out: None) -> A
     import torch
     from transformers import AutoModelForCausalLM
 
-    from passes.lib import streamed_weights
-
-    # Placeholder weights where the checkpoint's safetensors name them all: the export reads them.
-    streamed = streamed_weights.skeleton(Path(inputs["checkpoint"]))
-    if streamed is not None:
-        model, sources = streamed
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
-        )
+    model = AutoModelForCausalLM.from_pretrained(
+        Path(inputs["checkpoint"]), dtype=torch.float32, attn_implementation="eager"
+    )
     lora = (tuple(params.lora_targets), int(params.lora_rank), int(params.max_adapters) + 1) if params.lora_rank else None
-    wrapper = build_wrapper(model, continuous_batching=params.full_batch_size is not None,
-                            speculative=params.num_speculative_tokens is not None, attention=params.attention,
-                            projections=_projections(model, params), lora=lora)
-    if streamed is not None:
-        streamed_weights.mark(wrapper, sources)
-        streamed_weights.drop_pages(wrapper)
-    return wrapper
+    return build_wrapper(model, continuous_batching=params.full_batch_size is not None,
+                         speculative=params.num_speculative_tokens is not None, attention=params.attention,
+                         projections=_projections(model, params), lora=lora)
 
 
 def _projections(model: Any, params: StaticKvParams) -> Any:

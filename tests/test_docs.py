@@ -98,6 +98,7 @@ def normalized(text: str) -> str:
     """What must not change: digests, numbers (times, sizes, ids) and column padding aside."""
     text = re.sub(r"\d{8}-\d{6}-\d+-[0-9a-f]{6}", "<run>", text)  # a run's folder: time, pid, random
     text = re.sub(r"[0-9a-f]{8,}", "<hex>", text)
+    text = re.sub(r"(code of pass \w+ changed: )[^;)\]]*", r"\1<modules>", text)  # which modules follows the history
     text = re.sub(r"\d+", "0", text)
     return re.sub(r"[ \t]+", " ", text)
 

@@ -46,6 +46,11 @@ class UserError(Exception):
         return self
 
 
+def not_allowed(key: str, value: Any, allowed: str) -> UserError:
+    """The one-line bad-input error: ``<key>: <value> is not allowed; allowed: <allowed>``."""
+    return UserError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
+
+
 class StageFailure(Exception):
     """A stage ran and failed in a way the user must see (exit code 1).
 

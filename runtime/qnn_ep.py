@@ -57,7 +57,7 @@ def devices() -> tuple[Any, ...]:
     return found
 
 
-def session_options(config: Mapping[str, str] = {}, fallback: bool = False) -> Any:
+def session_options(provider_options: Mapping[str, str], config: Mapping[str, str] = {}, fallback: bool = False) -> Any:
     """SessionOptions with the QNN EP's devices added; CPU fallback disabled unless ``fallback``."""
     import onnxruntime as ort
 
@@ -66,6 +66,7 @@ def session_options(config: Mapping[str, str] = {}, fallback: bool = False) -> A
     so.add_session_config_entry(NO_FALLBACK, "0" if fallback else "1")
     for key, value in config.items():
         so.add_session_config_entry(key, str(value))
+    so.add_provider_for_devices(list(devices()), {k: str(v) for k, v in provider_options.items()})
     return so
 
 
@@ -73,8 +74,7 @@ def open_session(model: str | Path, provider_options: Mapping[str, str], config:
     """An InferenceSession of ``model`` on the QNN EP alone; QnnRefused naming the nodes it does not take."""
     import onnxruntime as ort
 
-    so = session_options(config)
-    so.add_provider_for_devices(list(devices()), {k: str(v) for k, v in provider_options.items()})
+    so = session_options(provider_options, config)
     try:
         return ort.InferenceSession(str(model), so)
     except Exception as e:
@@ -90,8 +90,7 @@ def refused_nodes(model: str | Path, provider_options: Mapping[str, str]) -> lis
     """(name, op type) of the nodes ONNX Runtime assigns to its CPU EP when QNN has first pick."""
     import onnxruntime as ort
 
-    so = session_options({RECORD_ASSIGNMENT: "1"}, fallback=True)
-    so.add_provider_for_devices(list(devices()), {k: str(v) for k, v in provider_options.items()})
+    so = session_options(provider_options, {RECORD_ASSIGNMENT: "1"}, fallback=True)
     session = ort.InferenceSession(str(model), so)
     return [(node.name, node.op_type) for sub in session.get_provider_graph_assignment_info()
             if sub.ep_name != EP for node in sub.get_nodes()]

@@ -37,22 +37,22 @@ from runtime import package_format as fmt
 FORMATS = ("flat", "named")
 
 
-def _int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: int | None = None,
          num_speculative_tokens: int | Iterable[int] | None = None) -> list[dict[str, int]]:
     """The compiled shapes, prefill first; ValueError (one line: key, value, allowed) on bad values."""
-    if not _int(ctx_len) or ctx_len < 1:
+    if not is_int(ctx_len) or ctx_len < 1:
         raise ValueError(f"compile.ctx_len: {_show(ctx_len)} is not allowed; allowed: an integer >= 1")
-    if not _int(prefill_seq_len) or not 1 <= prefill_seq_len <= ctx_len:
+    if not is_int(prefill_seq_len) or not 1 <= prefill_seq_len <= ctx_len:
         raise ValueError(f"compile.prefill_seq_len: {_show(prefill_seq_len)} is not allowed; "
                          f"allowed: 1..{ctx_len} (compile.ctx_len)")
-    if not _int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"compile.batch_size: {_show(batch_size)} is not allowed; allowed: an integer >= 1")
     if full_batch_size is not None:
-        if not _int(full_batch_size) or full_batch_size < 1:
+        if not is_int(full_batch_size) or full_batch_size < 1:
             raise ValueError(f"compile.full_batch_size: {_show(full_batch_size)} is not allowed; "
                              "allowed: an integer >= 1, or null (no continuous batching)")
         if batch_size != 1:
@@ -85,7 +85,7 @@ def plan(batch_size: int, prefill_seq_len: int, ctx_len: int, full_batch_size: i
 def seq_lens(value: Any) -> list[int]:
     """compile.seq_len as a sorted list of distinct lengths; ValueError (one line) on a bad value."""
     lens = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not lens or not all(_int(n) and n >= 1 for n in lens) or len(set(lens)) != len(lens):
+    if not lens or not all(is_int(n) and n >= 1 for n in lens) or len(set(lens)) != len(lens):
         raise ValueError(f"compile.seq_len: {_show(value)} is not allowed; allowed: an integer >= 1, "
                          "or a list of distinct such integers (one compiled length each)")
     return sorted(lens)
@@ -93,7 +93,7 @@ def seq_lens(value: Any) -> list[int]:
 
 def encoder_plan(batch_size: int, seq_len: Any) -> list[dict[str, int]]:
     """An encoder's compiled shapes: one per length, shortest first."""
-    if not _int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"compile.batch_size: {_show(batch_size)} is not allowed; allowed: an integer >= 1")
     return [{"batch_size": batch_size, "seq_len": n} for n in seq_lens(seq_len)]
 

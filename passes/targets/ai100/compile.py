@@ -41,7 +41,7 @@ from passes.targets.ai100.plan import (
 from passes.targets.ai100.sdk import compiler_candidates, compiler_kind, compiler_version, find_compiler, sdk_default
 from passes.targets.ai100.target import Ai100Hw
 from passes.targets.shapes import ShapeParams
-from pipeline.pass_api import REQUIRED, Needs, UserError, cfg_field, config_of, config_schema, hook, register_pass
+from pipeline.pass_api import not_allowed, REQUIRED, Needs, UserError, cfg_field, config_of, config_schema, hook, register_pass
 
 TARGET = Ai100Hw.target  # the program's target: its session opens the package
 MAX_CORES = 16
@@ -168,34 +168,30 @@ def _find_fp32_nodes(model: Any, signature: Any, specs: Any, checkpoint: Path, p
     return found
 
 
-def _bad(key: str, value: Any, allowed: str) -> UserError:
-    return UserError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
-
-
 @hook("compile_ai100", "check")
 def check(params: CompileAi100Params, facts: Any = None) -> None:
     """Bad values and a missing compiler: one line each, exit 2, before anything runs."""
     p = params
     if not isinstance(p.num_devices, int) or p.num_devices < 1:
-        raise _bad("hw.num_devices", p.num_devices, "an integer >= 1")
+        raise not_allowed("hw.num_devices", p.num_devices, "an integer >= 1")
     if not isinstance(p.num_cores, int) or not 1 <= p.num_cores <= MAX_CORES:
-        raise _bad("hw.num_cores", p.num_cores, f"1..{MAX_CORES} (cores of one Cloud AI 100 device)")
+        raise not_allowed("hw.num_cores", p.num_cores, f"1..{MAX_CORES} (cores of one Cloud AI 100 device)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(p.hw_version)):
-        raise _bad("hw.hw_version", p.hw_version, "a hardware version like ai100, ai200 or 2.0")
+        raise not_allowed("hw.hw_version", p.hw_version, "a hardware version like ai100, ai200 or 2.0")
     for key in ("mos", "ols"):
         value = getattr(p, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise _bad(f"hw.{key}", value, "an integer >= 1, or null")
+            raise not_allowed(f"hw.{key}", value, "an integer >= 1, or null")
     if p.compile_timeout_s is not None and not p.compile_timeout_s > 0:
-        raise _bad("hw.compile_timeout_s", p.compile_timeout_s, "a number of seconds > 0, or null (no limit)")
+        raise not_allowed("hw.compile_timeout_s", p.compile_timeout_s, "a number of seconds > 0, or null (no limit)")
     for key, value in dict(p.extra_options).items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key):
-            raise _bad("hw.extra_options", key, "option names that are identifiers (some_option: true -> -some-option)")
+            raise not_allowed("hw.extra_options", key, "option names that are identifiers (some_option: true -> -some-option)")
         if key in OWN_OPTIONS:
-            raise _bad("hw.extra_options", key, f"an option the pass does not set itself (it sets -{key.replace('_', '-')} "
+            raise not_allowed("hw.extra_options", key, f"an option the pass does not set itself (it sets -{key.replace('_', '-')} "
                        "from its own hw./compile. key)")
         if not isinstance(value, (bool, int, float, str)):
-            raise _bad(f"hw.extra_options.{key}", value, "true, false, a number or a string")
+            raise not_allowed(f"hw.extra_options.{key}", value, "true, false, a number or a string")
     try:
         read_node_names(p.fp32_nodes)
     except ValueError as e:

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from passes.targets import specializations as spz
 from passes.targets.qnn.target import RUNTIME, QnnHw
 from passes.targets.shapes import ShapeParams
-from pipeline.pass_api import Needs, UserError, cfg_field, config_of, hook, register_pass
+from pipeline.pass_api import not_allowed, Needs, UserError, cfg_field, config_of, hook, register_pass
 
 TARGET = QnnHw.target
 BINARY_DIR = "qnn"
@@ -114,25 +114,17 @@ def compile_qnn(inputs: Mapping[str, Any], params: CompileQnnParams, out: Path) 
     return {"seconds": seconds, **versions, "rules": [r.name for r in rules.RULES] + [rules.STATIC.name]}
 
 
-def _bad(key: str, value: Any, allowed: str) -> UserError:
-    return UserError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @hook("compile_qnn", "check")
 def check(params: CompileQnnParams, facts: Any = None) -> None:
     """Bad hw values and a missing onnxruntime-qnn: one line each, exit 2, before anything runs."""
-    if params.htp_arch not in HTP_ARCHS or not _int(params.htp_arch):
-        raise _bad("hw.htp_arch", params.htp_arch, " | ".join(map(str, HTP_ARCHS)))
-    if not _int(params.soc_model) or params.soc_model < 1:
-        raise _bad("hw.soc_model", params.soc_model, "a QNN SoC model id >= 1 (57: SM8550)")
-    if params.graph_finalization_optimization_mode not in (1, 2, 3) or not _int(params.graph_finalization_optimization_mode):
-        raise _bad("hw.graph_finalization_optimization_mode", params.graph_finalization_optimization_mode, "1 | 2 | 3")
-    if not _int(params.vtcm_mb) or params.vtcm_mb < 0:
-        raise _bad("hw.vtcm_mb", params.vtcm_mb, "an integer >= 0 (0: the SoC's default)")
+    if params.htp_arch not in HTP_ARCHS or not spz.is_int(params.htp_arch):
+        raise not_allowed("hw.htp_arch", params.htp_arch, " | ".join(map(str, HTP_ARCHS)))
+    if not spz.is_int(params.soc_model) or params.soc_model < 1:
+        raise not_allowed("hw.soc_model", params.soc_model, "a QNN SoC model id >= 1 (57: SM8550)")
+    if params.graph_finalization_optimization_mode not in (1, 2, 3) or not spz.is_int(params.graph_finalization_optimization_mode):
+        raise not_allowed("hw.graph_finalization_optimization_mode", params.graph_finalization_optimization_mode, "1 | 2 | 3")
+    if not spz.is_int(params.vtcm_mb) or params.vtcm_mb < 0:
+        raise not_allowed("hw.vtcm_mb", params.vtcm_mb, "an integer >= 0 (0: the SoC's default)")
     spz.check_plan(params, facts)
     try:
         _sdk_version()

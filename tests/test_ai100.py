@@ -140,7 +140,7 @@ def test_compile_timeout_kills_the_process_group(store, tmp_path):
     assert r.rc == 1, r.out + r.err
     st = r.stage("compile")
     assert st["status"] == "failed" and st["error"].startswith("compile: qaic-compile timed out after 2 s: ")
-    assert st["seconds"] < 25, st["seconds"]  # stopped at 2 s, not after the stand-in's 30 (a loaded machine adds)
+    assert st["seconds"] < 10, st["seconds"]  # stopped at 2 s, not after the stand-in's 30
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) == 2  # the stand-in and its child, one process group
     time.sleep(0.5)
